@@ -1,0 +1,47 @@
+//! Command line: `egress-agent run --config FILE`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "egress-agent",
+    version,
+    about = "Kernel-enforced egress control from Istio ServiceEntries"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Enforce the registry until SIGTERM/SIGINT.
+    Run {
+        /// Agent configuration (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Sets up `tracing`, with `RUST_LOG` filtering (default `info`) and `log` records
+/// (from aya) bridged in.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,0 +1,561 @@
+//! The pure step from the registry and workloads to the dataplane's desired state:
+//! the exact `#[repr(C)]` entries each map should hold. No kernel here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use egress_common::addr::{is_v4_mapped, to_addr};
+use egress_common::*;
+use ipnet::IpNet;
+
+use crate::config::{Config, OutboundMode};
+use crate::model::{Location, Resolution};
+use crate::registry::{EndpointAddress, Service};
+use crate::workloads::Workload;
+
+/// The slots of a backend set: IPv4 backends first (`v4` of them), weights already
+/// expanded into repeated slots. Compared by content so equal sets share one id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackendSet {
+    pub slots: Vec<Backend>,
+    pub v4: u16,
+}
+
+/// What a [`SERVICES_MAP`] entry should say; the sync step turns `set` into an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub service_id: u32,
+    pub kind: u8,
+    pub set: Option<Arc<BackendSet>>,
+}
+
+/// What a [`CIDRS_MAP`] entry should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrTarget {
+    pub service_id: u32,
+    pub kind: u8,
+    pub target_port: u16,
+    pub set: Option<Arc<BackendSet>>,
+}
+
+/// An LPM key: prefix length (bits over the whole key) and data.
+pub type CidrLpm = (u32, CidrKey);
+pub type PolicyLpm = (u32, IpKey);
+
+/// The desired content of every policy map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub workloads: HashMap<u64, WorkloadValue>,
+    pub services: HashMap<ServiceKey, ServiceTarget>,
+    pub cidrs: HashMap<CidrLpm, CidrTarget>,
+    pub policy_cidrs: HashMap<PolicyLpm, PolicyCidrValue>,
+}
+
+/// Who a service id is, for metrics, events and inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceMeta {
+    pub namespace: String,
+    pub host: String,
+    pub se_name: String,
+    pub location: Location,
+    pub resolution: Resolution,
+}
+
+/// Who a workload id is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadMeta {
+    pub namespace: String,
+    pub name: String,
+    pub cgroup_id: u64,
+    /// The outbound policy it runs under.
+    pub policy: OutboundMode,
+}
+
+/// Stable small integers for services, views and workloads. Kept across compiles so
+/// an unchanged entry keeps its id (and its map entries stay untouched).
+#[derive(Debug, Default)]
+pub struct Ids {
+    services: HashMap<(String, String), u32>,
+    views: HashMap<String, u32>,
+    workloads: HashMap<(String, String), u32>,
+    pub service_meta: BTreeMap<u32, ServiceMeta>,
+    pub workload_meta: BTreeMap<u32, WorkloadMeta>,
+}
+
+fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> u32 {
+    let n = map.len() as u32 + 1;
+    *map.entry(key).or_insert(n)
+}
+
+impl Ids {
+    fn service(&mut self, s: &Service) -> u32 {
+        let id = next_id(
+            &mut self.services,
+            (s.namespace.clone(), s.host_key.clone()),
+        );
+        self.service_meta.insert(
+            id,
+            ServiceMeta {
+                namespace: s.namespace.clone(),
+                host: s.host.clone(),
+                se_name: s.se_name.clone(),
+                location: s.location,
+                resolution: s.resolution,
+            },
+        );
+        id
+    }
+
+    fn view(&mut self, namespace: &str) -> u32 {
+        next_id(&mut self.views, namespace.to_owned())
+    }
+
+    fn workload(&mut self, w: &Workload, policy: OutboundMode) -> u32 {
+        let id = next_id(
+            &mut self.workloads,
+            (w.config.namespace.clone(), w.config.name.clone()),
+        );
+        self.workload_meta.insert(
+            id,
+            WorkloadMeta {
+                namespace: w.config.namespace.clone(),
+                name: w.config.name.clone(),
+                cgroup_id: w.cgroup_id,
+                policy,
+            },
+        );
+        id
+    }
+}
+
+/// Is `s` visible from namespace `ns` (SPEC §5.1, default exportTo `*`)?
+pub fn visible(s: &Service, ns: &str) -> bool {
+    if s.export_to.is_empty() {
+        return true;
+    }
+    s.export_to
+        .iter()
+        .any(|e| e == "*" || e == ns || (e == "." && s.namespace == ns))
+}
+
+/// Expands endpoints (address, port, weight) into slots, IPv4 first.
+pub fn backend_set(mut endpoints: Vec<(IpAddr, u16, u32)>) -> BackendSet {
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let g = endpoints.iter().fold(0u32, |g, e| gcd(g, e.2.max(1)));
+    let mut counts: Vec<u64> = endpoints
+        .iter()
+        .map(|e| u64::from(e.2.max(1) / g.max(1)))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    let max = u64::from(MAX_BACKEND_SLOTS);
+    if total > max {
+        for c in &mut counts {
+            *c = (*c * max / total).max(1);
+        }
+    }
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for (e, n) in endpoints.iter().zip(counts) {
+        let b = Backend {
+            addr: to_addr(e.0),
+            port: e.1,
+            _pad: [0; 2],
+        };
+        let dest = if is_v4_mapped(&b.addr) {
+            &mut v4
+        } else {
+            &mut v6
+        };
+        for _ in 0..n {
+            dest.push(b);
+        }
+    }
+    let n4 = v4.len() as u16;
+    v4.extend(v6);
+    BackendSet { slots: v4, v4: n4 }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Prefix length of `net` over a [`CidrKey`].
+pub fn cidr_prefix(net: &IpNet) -> u32 {
+    CIDR_FIXED_BITS + prefix_on_v6(net)
+}
+
+/// Prefix length of `net` on the 128-bit (v4-mapped) scale.
+pub fn prefix_on_v6(net: &IpNet) -> u32 {
+    match net {
+        IpNet::V4(n) => egress_common::addr::v4_prefix_on_v6(n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    }
+}
+
+/// Compiles the registry and workloads into the desired map content.
+pub fn compile(
+    config: &Config,
+    services: &[Service],
+    workloads: &[Workload],
+    ids: &mut Ids,
+) -> Desired {
+    let mut d = Desired::default();
+    for net in &config.excluded_cidrs {
+        d.policy_cidrs.insert(
+            (
+                prefix_on_v6(net),
+                IpKey {
+                    addr: to_addr(net.network()),
+                },
+            ),
+            PolicyCidrValue {
+                kind: POLICY_EXCLUDED,
+            },
+        );
+    }
+    for net in &config.cluster_cidrs {
+        d.policy_cidrs
+            .entry((
+                prefix_on_v6(net),
+                IpKey {
+                    addr: to_addr(net.network()),
+                },
+            ))
+            .or_insert(PolicyCidrValue {
+                kind: POLICY_CLUSTER,
+            });
+    }
+
+    let mut flags = 0;
+    if config.outbound == OutboundMode::RegistryOnly {
+        flags |= WL_REGISTRY_ONLY;
+    }
+    if config.audit {
+        flags |= WL_AUDIT;
+    }
+    let mut views: BTreeMap<u32, String> = BTreeMap::new();
+    for w in workloads {
+        let view_id = ids.view(&w.config.namespace);
+        views.insert(view_id, w.config.namespace.clone());
+        d.workloads.insert(
+            w.cgroup_id,
+            WorkloadValue {
+                workload_id: ids.workload(w, config.outbound),
+                view_id,
+                flags,
+                _pad: 0,
+            },
+        );
+    }
+
+    let service_ids: Vec<u32> = services.iter().map(|s| ids.service(s)).collect();
+    for (view_id, ns) in &views {
+        for (s, &service_id) in services.iter().zip(&service_ids) {
+            if visible(s, ns) {
+                compile_service(&mut d, *view_id, s, service_id);
+            }
+        }
+    }
+    d
+}
+
+/// Adds one service's entries to one view. Services arrive in Service order, so
+/// an address:port already taken keeps its first owner (Istio's "first wins").
+fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32) {
+    for port in &s.ports {
+        let proto = port.protocol.transport().proto();
+        let endpoint_ips: Vec<(IpAddr, u16, u32)> = s
+            .endpoints
+            .iter()
+            .filter_map(|e| match e.address {
+                EndpointAddress::Ip(ip) => Some((ip, e.targets[&port.number], e.weight)),
+                _ => None,
+            })
+            .collect();
+        match s.resolution {
+            Resolution::None => {
+                let target_port = port.target_port.unwrap_or(0);
+                let nets = s
+                    .vips
+                    .iter()
+                    .map(|ip| IpNet::from(*ip))
+                    .chain(s.cidrs.iter().copied());
+                for net in nets {
+                    d.cidrs
+                        .entry(cidr_key(view_id, port.number, proto, &net))
+                        .or_insert(CidrTarget {
+                            service_id,
+                            kind: CIDR_PASSTHROUGH,
+                            target_port,
+                            set: None,
+                        });
+                }
+            }
+            Resolution::Static => {
+                let set = Arc::new(backend_set(endpoint_ips.clone()));
+                for ip in s.vips.iter().chain(&s.status_vips) {
+                    let key = ServiceKey {
+                        addr: to_addr(*ip),
+                        view_id,
+                        port: port.number,
+                        proto,
+                        _pad: 0,
+                    };
+                    d.services.entry(key).or_insert(ServiceTarget {
+                        service_id,
+                        kind: SVC_VIP,
+                        set: Some(set.clone()),
+                    });
+                }
+                for net in &s.cidrs {
+                    d.cidrs
+                        .entry(cidr_key(view_id, port.number, proto, net))
+                        .or_insert(CidrTarget {
+                            service_id,
+                            kind: CIDR_BALANCE,
+                            target_port: 0,
+                            set: Some(set.clone()),
+                        });
+                }
+                for (ip, eport, _) in &endpoint_ips {
+                    let key = ServiceKey {
+                        addr: to_addr(*ip),
+                        view_id,
+                        port: *eport,
+                        proto,
+                        _pad: 0,
+                    };
+                    d.services.entry(key).or_insert(ServiceTarget {
+                        service_id,
+                        kind: SVC_ENDPOINT,
+                        set: None,
+                    });
+                }
+            }
+            // DNS-resolved and dynamic services are compiled once their answers are
+            // known (DNS support); until then they contribute nothing.
+            Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {}
+        }
+    }
+}
+
+fn cidr_key(view_id: u32, port: u16, proto: u8, net: &IpNet) -> CidrLpm {
+    (
+        cidr_prefix(net),
+        CidrKey {
+            view_id,
+            port,
+            proto,
+            _pad: 0,
+            addr: to_addr(net.network()),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::istio::{Documents, parse_file};
+    use crate::registry::{convert, merge};
+    use std::path::Path;
+
+    fn config(mode: &str) -> Config {
+        Config::parse(
+            Path::new("/etc/egress/agent.yaml"),
+            &format!("cgroupPath: /cg\noutboundTrafficPolicy: {{mode: {mode}}}\n"),
+        )
+        .unwrap()
+    }
+
+    fn registry(text: &str) -> Vec<Service> {
+        let mut d = Documents::default();
+        parse_file(Path::new("t.yaml"), text, &mut d);
+        merge(d.service_entries.iter().flat_map(convert).collect()).0
+    }
+
+    fn workload(cg: u64, ns: &str, name: &str) -> Workload {
+        Workload {
+            cgroup_id: cg,
+            config: crate::config::WorkloadConfig {
+                cgroup: format!("/cg/{name}").into(),
+                namespace: ns.into(),
+                name: name.into(),
+                labels: Default::default(),
+                ip: None,
+            },
+        }
+    }
+
+    const STATIC_SE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: ops}
+spec:
+  hosts: [legacy.internal]
+  addresses: [240.240.1.1, "2001:2::1"]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  endpoints:
+  - {address: 198.18.0.11}
+  - {address: 198.18.0.12, weight: 2}
+"#;
+
+    #[test]
+    fn static_vips_share_one_weighted_backend_set_and_endpoints_are_allowed() {
+        let mut ids = Ids::default();
+        let d = compile(
+            &config("REGISTRY_ONLY"),
+            &registry(STATIC_SE),
+            &[workload(10, "shop", "web")],
+            &mut ids,
+        );
+        let wl = d.workloads[&10];
+        assert_eq!(wl.flags, WL_REGISTRY_ONLY);
+        let key = |ip: &str, port| ServiceKey {
+            addr: to_addr(ip.parse().unwrap()),
+            view_id: wl.view_id,
+            port,
+            proto: PROTO_TCP,
+            _pad: 0,
+        };
+        let v4 = &d.services[&key("240.240.1.1", 80)];
+        let v6 = &d.services[&key("2001:2::1", 80)];
+        assert_eq!(v4.kind, SVC_VIP);
+        assert_eq!(v4.set, v6.set);
+        let set = v4.set.as_ref().unwrap();
+        assert_eq!(set.v4, 3, "weights 1 and 2 give three slots");
+        assert!(set.slots.iter().all(|b| b.port == 8080));
+        assert_eq!(
+            set.slots
+                .iter()
+                .filter(|b| b.addr == to_addr("198.18.0.12".parse().unwrap()))
+                .count(),
+            2
+        );
+        assert_eq!(d.services[&key("198.18.0.11", 8080)].kind, SVC_ENDPOINT);
+        assert!(!d.services.contains_key(&key("198.18.0.11", 80)));
+        assert_eq!(ids.service_meta[&v4.service_id].host, "legacy.internal");
+    }
+
+    #[test]
+    fn none_addresses_are_passthrough_cidrs_with_target_port() {
+        let mut ids = Ids::default();
+        let d = compile(
+            &config("REGISTRY_ONLY"),
+            &registry(
+                r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partners, namespace: ops}
+spec:
+  hosts: [partners.example]
+  addresses: [203.0.113.0/24, 192.0.2.9]
+  ports: [{number: 443, name: tls, protocol: TLS, targetPort: 8443}, {number: 53, name: dns, protocol: UDP}]
+"#,
+            ),
+            &[workload(10, "shop", "web")],
+            &mut ids,
+        );
+        assert_eq!(d.cidrs.len(), 4);
+        let (prefix, key) = d
+            .cidrs
+            .keys()
+            .find(|(p, k)| *p == CIDR_FIXED_BITS + 96 + 24 && k.port == 443)
+            .unwrap();
+        assert_eq!(*prefix, 64 + 120);
+        assert_eq!(key.addr, to_addr("203.0.113.0".parse().unwrap()));
+        assert_eq!(d.cidrs[&(*prefix, *key)].target_port, 8443);
+        assert!(
+            d.cidrs
+                .keys()
+                .any(|(p, k)| *p == 64 + 128 && k.proto == PROTO_UDP)
+        );
+    }
+
+    #[test]
+    fn export_to_limits_views() {
+        let mut ids = Ids::default();
+        let text = STATIC_SE.replace(
+            "resolution: STATIC",
+            "resolution: STATIC\n  exportTo: [shop]",
+        );
+        let d = compile(
+            &config("ALLOW_ANY"),
+            &registry(&text),
+            &[workload(10, "shop", "web"), workload(11, "other", "batch")],
+            &mut ids,
+        );
+        let shop = d.workloads[&10].view_id;
+        let other = d.workloads[&11].view_id;
+        assert_ne!(shop, other);
+        assert!(d.services.keys().any(|k| k.view_id == shop));
+        assert!(!d.services.keys().any(|k| k.view_id == other));
+        assert_eq!(d.workloads[&11].flags, 0);
+    }
+
+    #[test]
+    fn first_service_in_order_owns_a_shared_vip() {
+        let text = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: ops, creationTimestamp: "2024-01-02T00:00:00Z"}
+spec: {hosts: [b.example], addresses: [240.240.9.9], resolution: STATIC, ports: [{number: 80, name: p, protocol: TCP}], endpoints: [{address: 198.18.0.12}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: ops, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: [{number: 80, name: p, protocol: TCP}], endpoints: [{address: 198.18.0.11}]}
+"#;
+        let mut ids = Ids::default();
+        let d = compile(
+            &config("ALLOW_ANY"),
+            &registry(text),
+            &[workload(1, "ops", "w")],
+            &mut ids,
+        );
+        let vip = d
+            .services
+            .iter()
+            .find(|(k, _)| k.addr == to_addr("240.240.9.9".parse().unwrap()))
+            .unwrap()
+            .1;
+        assert_eq!(
+            ids.service_meta[&vip.service_id].host, "z.example",
+            "the older entry wins"
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_across_compiles() {
+        let mut ids = Ids::default();
+        let reg = registry(STATIC_SE);
+        let a = compile(
+            &config("ALLOW_ANY"),
+            &reg,
+            &[workload(1, "ops", "w")],
+            &mut ids,
+        );
+        let b = compile(
+            &config("ALLOW_ANY"),
+            &reg,
+            &[workload(1, "ops", "w")],
+            &mut ids,
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn weights_are_reduced_and_bounded() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let s = backend_set(vec![(ip("192.0.2.1"), 1, 50), (ip("192.0.2.2"), 1, 100)]);
+        assert_eq!(s.slots.len(), 3);
+        let s = backend_set(vec![(ip("192.0.2.1"), 1, 1), (ip("192.0.2.2"), 1, 100_000)]);
+        assert!(s.slots.len() <= MAX_BACKEND_SLOTS as usize);
+        assert!(s.slots.iter().any(|b| b.addr == to_addr(ip("192.0.2.1"))));
+        let s = backend_set(vec![(ip("2001:db8::1"), 1, 1), (ip("192.0.2.2"), 1, 1)]);
+        assert_eq!(s.v4, 1);
+        assert_eq!(s.slots[0].addr, to_addr(ip("192.0.2.2")));
+    }
+}

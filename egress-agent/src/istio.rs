@@ -1,0 +1,506 @@
+//! Istio resources as users write them: multi-document YAML files of
+//! `networking.istio.io/{v1,v1beta1,v1alpha3}` objects, parsed into typed specs with
+//! every problem reported against its file, resource and field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The API versions that all serve the same schema (SPEC §0).
+pub const API_VERSIONS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// Where a resource came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source {
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file.
+    pub doc: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.doc)
+    }
+}
+
+/// `metadata` fields the agent uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub name: String,
+    pub namespace: String,
+    /// `creationTimestamp` in Unix seconds; 0 when absent.
+    pub creation: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    creation_timestamp: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// The resource kinds the agent reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    ServiceEntry,
+    DestinationRule,
+    VirtualService,
+    Sidecar,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ServiceEntry" => Some(Self::ServiceEntry),
+            "DestinationRule" => Some(Self::DestinationRule),
+            "VirtualService" => Some(Self::VirtualService),
+            "Sidecar" => Some(Self::Sidecar),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Severity of a finding (SPEC §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Warning,
+    Error,
+}
+
+/// One problem with one resource.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub level: Level,
+    pub file: PathBuf,
+    pub doc: usize,
+    /// `None` when the document is not even a recognisable resource.
+    pub kind: Option<String>,
+    pub namespace: String,
+    pub name: String,
+    /// Field path, e.g. `spec.hosts[1]`.
+    pub field: String,
+    pub message: String,
+    /// The SPEC rule id, when one applies (e.g. `SE-H3`).
+    pub rule: Option<&'static str>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Warning => "warning",
+            Level::Error => "error",
+        };
+        write!(
+            f,
+            "{level}: {} (document {})",
+            self.file.display(),
+            self.doc
+        )?;
+        if let Some(kind) = &self.kind {
+            write!(f, ": {kind} {}/{}", self.namespace, self.name)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(rule) = self.rule {
+            write!(f, " [{rule}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed resource with its spec.
+#[derive(Clone, Debug)]
+pub struct Resource<S> {
+    pub source: Source,
+    pub api_version: String,
+    pub meta: Meta,
+    pub spec: S,
+}
+
+/// `spec` of a ServiceEntry (SPEC §2.1). Numbers are read wide so out-of-range
+/// values reach validation with their value instead of failing to parse.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<Option<ServicePort>>,
+    pub location: Option<String>,
+    pub resolution: Option<String>,
+    pub endpoints: Option<Vec<Option<WorkloadEntry>>>,
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    pub number: Option<i64>,
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub target_port: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEntry {
+    pub address: Option<String>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<i64>,
+    pub service_account: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `status` of a ServiceEntry: the auto-allocated addresses.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryStatus {
+    #[serde(default)]
+    pub addresses: Vec<StatusAddress>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct StatusAddress {
+    pub value: String,
+    #[serde(default)]
+    pub host: String,
+}
+
+/// A ServiceEntry with its status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceEntry {
+    pub spec: ServiceEntrySpec,
+    pub status: ServiceEntryStatus,
+}
+
+/// Everything found in a set of files.
+#[derive(Debug, Default)]
+pub struct Documents {
+    pub service_entries: Vec<Resource<ServiceEntry>>,
+    /// Kinds the agent recognises but does not enforce yet, by source.
+    pub other: Vec<(Kind, Source, Meta)>,
+    /// Problems found while reading (unparseable documents, unknown kinds).
+    pub findings: Vec<Finding>,
+}
+
+/// Reads every `*.yaml`/`*.yml` file below `dir` (sorted, recursively).
+pub fn load_dir(dir: &Path) -> Result<Documents, std::io::Error> {
+    let mut files = Vec::new();
+    collect_yaml(dir, &mut files)?;
+    files.sort();
+    let mut docs = Documents::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        parse_file(&file, &text, &mut docs);
+    }
+    Ok(docs)
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), std::io::Error> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Parses one file's documents into `docs`. A bad document becomes a finding; the
+/// others are still read.
+pub fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let source = Source {
+            file: file.to_owned(),
+            doc: i + 1,
+        };
+        let value = match serde_yaml::Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                docs.findings
+                    .push(doc_error(&source, None, "", format!("not valid YAML: {e}")));
+                // The YAML stream cannot be resynchronised after a syntax error.
+                return;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        parse_document(source, value, docs);
+    }
+}
+
+fn doc_error(source: &Source, kind: Option<&str>, field: &str, message: String) -> Finding {
+    Finding {
+        level: Level::Error,
+        file: source.file.clone(),
+        doc: source.doc,
+        kind: kind.map(str::to_owned),
+        namespace: String::new(),
+        name: String::new(),
+        field: field.to_owned(),
+        message,
+        rule: None,
+    }
+}
+
+fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents) {
+    let get_str = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let api_version = get_str("apiVersion").unwrap_or_default();
+    let Some(kind_str) = get_str("kind") else {
+        docs.findings
+            .push(doc_error(&source, None, "kind", "missing `kind`".into()));
+        return;
+    };
+    let Some(kind) = Kind::parse(&kind_str) else {
+        let mut f = doc_error(
+            &source,
+            Some(&kind_str),
+            "kind",
+            format!(
+                "kind {kind_str} is not read by egress (expected ServiceEntry, DestinationRule, \
+                 VirtualService or Sidecar); ignored"
+            ),
+        );
+        f.level = Level::Warning;
+        docs.findings.push(f);
+        return;
+    };
+    let meta_value = value
+        .get("metadata")
+        .cloned()
+        .unwrap_or(serde_yaml::Value::Null);
+    let raw_meta: RawMeta = if meta_value.is_null() {
+        RawMeta::default()
+    } else {
+        match serde_path_to_error::deserialize(meta_value) {
+            Ok(m) => m,
+            Err(e) => {
+                docs.findings.push(doc_error(
+                    &source,
+                    Some(&kind_str),
+                    &format!("metadata.{}", e.path()),
+                    e.inner().to_string(),
+                ));
+                return;
+            }
+        }
+    };
+    let mut meta = Meta {
+        name: raw_meta.name.unwrap_or_default(),
+        namespace: raw_meta.namespace.unwrap_or_else(|| "default".into()),
+        creation: 0,
+        labels: raw_meta.labels,
+    };
+    let fail = |field: &str, message: String, meta: &Meta| Finding {
+        level: Level::Error,
+        file: source.file.clone(),
+        doc: source.doc,
+        kind: Some(kind_str.clone()),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        field: field.to_owned(),
+        message,
+        rule: None,
+    };
+    if meta.name.is_empty() {
+        docs.findings
+            .push(fail("metadata.name", "Required value".into(), &meta));
+        return;
+    }
+    if !API_VERSIONS.contains(&api_version.as_str()) {
+        docs.findings.push(fail(
+            "apiVersion",
+            format!(
+                "apiVersion {api_version:?} is not one of {}",
+                API_VERSIONS.join(", ")
+            ),
+            &meta,
+        ));
+        return;
+    }
+    if let Some(ts) = raw_meta.creation_timestamp {
+        match chrono::DateTime::parse_from_rfc3339(&ts) {
+            Ok(t) => meta.creation = t.timestamp(),
+            Err(e) => {
+                docs.findings.push(fail(
+                    "metadata.creationTimestamp",
+                    format!("{ts:?} is not an RFC 3339 time: {e}"),
+                    &meta,
+                ));
+                return;
+            }
+        }
+    }
+    match kind {
+        Kind::ServiceEntry => {
+            let spec_value = value
+                .get("spec")
+                .cloned()
+                .unwrap_or(serde_yaml::Value::Null);
+            if spec_value.is_null() {
+                let mut f = fail("spec", "Required value".into(), &meta);
+                f.rule = Some("SE-S1");
+                docs.findings.push(f);
+                return;
+            }
+            let spec: ServiceEntrySpec = match serde_path_to_error::deserialize(spec_value) {
+                Ok(s) => s,
+                Err(e) => {
+                    docs.findings.push(fail(
+                        &format!("spec.{}", e.path()),
+                        e.inner().to_string(),
+                        &meta,
+                    ));
+                    return;
+                }
+            };
+            let status = match value.get("status").cloned() {
+                None | Some(serde_yaml::Value::Null) => ServiceEntryStatus::default(),
+                Some(v) => match serde_path_to_error::deserialize(v) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        docs.findings.push(fail(
+                            &format!("status.{}", e.path()),
+                            e.inner().to_string(),
+                            &meta,
+                        ));
+                        return;
+                    }
+                },
+            };
+            docs.service_entries.push(Resource {
+                source,
+                api_version,
+                meta,
+                spec: ServiceEntry { spec, status },
+            });
+        }
+        other => docs.other.push((other, source, meta)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Documents {
+        let mut d = Documents::default();
+        parse_file(Path::new("se.yaml"), text, &mut d);
+        d
+    }
+
+    #[test]
+    fn reads_all_three_api_versions_from_one_file() {
+        let mut text = String::new();
+        for (i, v) in API_VERSIONS.iter().enumerate() {
+            text.push_str(&format!(
+                "apiVersion: {v}\nkind: ServiceEntry\nmetadata: {{name: se{i}, namespace: shop}}\n\
+                 spec:\n  hosts: [h{i}.example.com]\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n---\n"
+            ));
+        }
+        let d = parse(&text);
+        assert!(d.findings.is_empty(), "{:?}", d.findings);
+        assert_eq!(d.service_entries.len(), 3);
+        assert_eq!(d.service_entries[2].meta.name, "se2");
+        assert_eq!(d.service_entries[2].source.doc, 3);
+        assert_eq!(d.service_entries[1].meta.namespace, "shop");
+    }
+
+    #[test]
+    fn bad_document_does_not_hide_the_next_one() {
+        let d = parse(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad}\n\
+             spec: {hosts: [a.example], ports: [{number: seven, name: x}]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: good}\n\
+             spec: {hosts: [b.example]}\n",
+        );
+        assert_eq!(d.service_entries.len(), 1);
+        assert_eq!(d.service_entries[0].meta.name, "good");
+        assert_eq!(d.findings.len(), 1);
+        let f = &d.findings[0];
+        assert_eq!(f.name, "bad");
+        assert_eq!(f.field, "spec.ports[0].number");
+        assert_eq!(f.namespace, "default");
+    }
+
+    #[test]
+    fn unknown_spec_field_is_an_error_naming_it() {
+        let d = parse(
+            "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: x}\n\
+             spec: {hosts: [a.example], adresses: [1.2.3.4]}\n",
+        );
+        assert!(d.service_entries.is_empty());
+        assert!(
+            d.findings[0].message.contains("adresses"),
+            "{}",
+            d.findings[0]
+        );
+    }
+
+    #[test]
+    fn creation_timestamp_and_status_are_read() {
+        let d = parse(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {name: x, creationTimestamp: \"2024-05-01T10:00:00Z\"}\n\
+             spec: {hosts: [a.example]}\n\
+             status: {addresses: [{value: 240.240.0.9, host: a.example}]}\n",
+        );
+        let se = &d.service_entries[0];
+        assert_eq!(se.meta.creation, 1714557600);
+        assert_eq!(se.spec.status.addresses[0].value, "240.240.0.9");
+    }
+
+    #[test]
+    fn wrong_api_version_and_missing_spec_are_errors() {
+        let d = parse(
+            "apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: [a]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: y}\n",
+        );
+        assert!(d.service_entries.is_empty());
+        assert_eq!(d.findings.len(), 2);
+        assert_eq!(d.findings[0].field, "apiVersion");
+        assert_eq!(d.findings[1].rule, Some("SE-S1"));
+    }
+}

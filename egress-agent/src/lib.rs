@@ -1,0 +1,22 @@
+//! egress agent: compiles Istio ServiceEntries into eBPF maps and keeps the kernel's
+//! per-`connect()` enforcement in step with them.
+//!
+//! Data flow: [`config`] and [`istio`] (read) → [`validate`] → [`registry`] (model) →
+//! [`workloads`] → [`compile`] (desired map content) → [`sync`] (diff) → [`loader`]
+//! (kernel); [`events`] and [`metrics`] carry what the kernel saw back out.
+
+pub mod agent;
+pub mod catalog;
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod events;
+pub mod istio;
+pub mod loader;
+pub mod metrics;
+pub mod model;
+pub mod preflight;
+pub mod registry;
+pub mod sync;
+pub mod validate;
+pub mod workloads;

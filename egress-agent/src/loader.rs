@@ -1,0 +1,230 @@
+//! Loads the eBPF object into the kernel, hands out its maps, attaches the cgroup
+//! programs, and detaches them when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+use egress_common::*;
+
+use crate::compile::{CidrLpm, PolicyLpm};
+use crate::sync::{MapWriter, SyncError};
+
+/// The eBPF object built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
+
+/// The programs and where they attach.
+pub const PROGRAMS: &[&str] = &[
+    "egress_connect4",
+    "egress_connect6",
+    "egress_getpeername4",
+    "egress_getpeername6",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("opening cgroup {}: {source}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The policy maps, written only by the sync step.
+pub struct PolicyMaps {
+    workloads: HashMap<MapData, u64, WorkloadValue>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
+    policy: LpmTrie<MapData, IpKey, PolicyCidrValue>,
+}
+
+/// The maps the programs write, read by the telemetry tasks.
+pub struct TelemetryMaps {
+    pub stats: PerCpuHashMap<MapData, StatKey, u64>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub events: RingBuf<MapData>,
+}
+
+/// A loaded (not yet attached) set of programs. Dropping it detaches everything.
+pub struct Loaded {
+    ebpf: Ebpf,
+    attached_at: Option<PathBuf>,
+}
+
+/// Settings fixed at load time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    pub fail_open: bool,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Loads the programs and maps into the kernel.
+pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
+    let fail_open = u8::from(opts.fail_open);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("FAIL_OPEN", &fail_open, true)
+        .load(EBPF_OBJECT)?;
+    for name in PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Program {
+                name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    let policy = PolicyMaps {
+        workloads: take(&mut ebpf, WORKLOADS_MAP)?,
+        services: take(&mut ebpf, SERVICES_MAP)?,
+        backends: take(&mut ebpf, BACKENDS_MAP)?,
+        cidrs: take(&mut ebpf, CIDRS_MAP)?,
+        policy: take(&mut ebpf, POLICY_CIDRS_MAP)?,
+    };
+    let telemetry = TelemetryMaps {
+        stats: take(&mut ebpf, STATS_MAP)?,
+        counters: take(&mut ebpf, COUNTERS_MAP)?,
+        events: take(&mut ebpf, EVENTS_MAP)?,
+    };
+    Ok((
+        Loaded {
+            ebpf,
+            attached_at: None,
+        },
+        policy,
+        telemetry,
+    ))
+}
+
+impl Loaded {
+    /// Attaches every program at the cgroup directory `path` as a BPF link. Links
+    /// always coexist with other programs attached there (the kernel rejects the
+    /// multi-attach flag on link creation: the default mode is the right one).
+    pub fn attach(&mut self, path: &Path) -> Result<(), LoadError> {
+        let cgroup = File::open(path).map_err(|source| LoadError::Cgroup {
+            path: path.to_owned(),
+            source,
+        })?;
+        for name in PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        self.attached_at = Some(path.to_owned());
+        Ok(())
+    }
+
+    pub fn attached_at(&self) -> Option<&Path> {
+        self.attached_at.as_deref()
+    }
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> SyncError {
+    move |e| SyncError {
+        op,
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// Removing an entry that is already gone is not an error.
+fn removed(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), SyncError> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err("delete from", map)(e)),
+    }
+}
+
+impl MapWriter for PolicyMaps {
+    fn put_workload(&mut self, k: u64, v: WorkloadValue) -> Result<(), SyncError> {
+        self.workloads
+            .insert(k, v, 0)
+            .map_err(map_err("write to", WORKLOADS_MAP))
+    }
+    fn del_workload(&mut self, k: u64) -> Result<(), SyncError> {
+        removed(self.workloads.remove(&k), WORKLOADS_MAP)
+    }
+    fn put_service(&mut self, k: ServiceKey, v: ServiceValue) -> Result<(), SyncError> {
+        self.services
+            .insert(k, v, 0)
+            .map_err(map_err("write to", SERVICES_MAP))
+    }
+    fn del_service(&mut self, k: ServiceKey) -> Result<(), SyncError> {
+        removed(self.services.remove(&k), SERVICES_MAP)
+    }
+    fn put_backend(&mut self, k: BackendKey, v: Backend) -> Result<(), SyncError> {
+        self.backends
+            .insert(k, v, 0)
+            .map_err(map_err("write to", BACKENDS_MAP))
+    }
+    fn del_backend(&mut self, k: BackendKey) -> Result<(), SyncError> {
+        removed(self.backends.remove(&k), BACKENDS_MAP)
+    }
+    fn put_cidr(&mut self, (prefix, k): CidrLpm, v: CidrValue) -> Result<(), SyncError> {
+        self.cidrs
+            .insert(&Key::new(prefix, k), v, 0)
+            .map_err(map_err("write to", CIDRS_MAP))
+    }
+    fn del_cidr(&mut self, (prefix, k): CidrLpm) -> Result<(), SyncError> {
+        removed(self.cidrs.remove(&Key::new(prefix, k)), CIDRS_MAP)
+    }
+    fn put_policy(&mut self, (prefix, k): PolicyLpm, v: PolicyCidrValue) -> Result<(), SyncError> {
+        self.policy
+            .insert(&Key::new(prefix, k), v, 0)
+            .map_err(map_err("write to", POLICY_CIDRS_MAP))
+    }
+    fn del_policy(&mut self, (prefix, k): PolicyLpm) -> Result<(), SyncError> {
+        removed(self.policy.remove(&Key::new(prefix, k)), POLICY_CIDRS_MAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_defines_every_map_and_program() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parse the embedded object");
+        for name in ALL_MAPS {
+            assert!(obj.maps.contains_key(*name), "map {name} missing");
+        }
+        for name in PROGRAMS {
+            assert!(obj.programs.contains_key(*name), "program {name} missing");
+        }
+    }
+}

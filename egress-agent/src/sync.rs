@@ -1,0 +1,424 @@
+//! Applies a [`Desired`] state to the maps as a diff: only changed entries are
+//! written, new entries go in before stale ones are deleted, and a changed backend
+//! set is written under a new id and switched in by one write of the entry that
+//! points at it. Never clear-and-reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use egress_common::*;
+
+use crate::compile::{BackendSet, CidrLpm, Desired, PolicyLpm};
+
+/// Writes to the policy maps. Implemented over aya maps by the loader, and in
+/// memory by the tests.
+pub trait MapWriter {
+    fn put_workload(&mut self, k: u64, v: WorkloadValue) -> Result<(), SyncError>;
+    fn del_workload(&mut self, k: u64) -> Result<(), SyncError>;
+    fn put_service(&mut self, k: ServiceKey, v: ServiceValue) -> Result<(), SyncError>;
+    fn del_service(&mut self, k: ServiceKey) -> Result<(), SyncError>;
+    fn put_backend(&mut self, k: BackendKey, v: Backend) -> Result<(), SyncError>;
+    fn del_backend(&mut self, k: BackendKey) -> Result<(), SyncError>;
+    fn put_cidr(&mut self, k: CidrLpm, v: CidrValue) -> Result<(), SyncError>;
+    fn del_cidr(&mut self, k: CidrLpm) -> Result<(), SyncError>;
+    fn put_policy(&mut self, k: PolicyLpm, v: PolicyCidrValue) -> Result<(), SyncError>;
+    fn del_policy(&mut self, k: PolicyLpm) -> Result<(), SyncError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {map}: {reason}")]
+pub struct SyncError {
+    pub op: &'static str,
+    pub map: &'static str,
+    pub reason: String,
+}
+
+/// What one sync did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// The entries known to be in the kernel, and the backend sets by content.
+#[derive(Debug, Default)]
+pub struct Syncer {
+    workloads: HashMap<u64, WorkloadValue>,
+    services: HashMap<ServiceKey, ServiceValue>,
+    cidrs: HashMap<CidrLpm, CidrValue>,
+    policy: HashMap<PolicyLpm, PolicyCidrValue>,
+    sets: HashMap<Arc<BackendSet>, u32>,
+    next_set: u32,
+}
+
+impl Syncer {
+    pub fn new() -> Self {
+        Self {
+            next_set: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Number of entries per map, for gauges and logs.
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            (WORKLOADS_MAP, self.workloads.len()),
+            (SERVICES_MAP, self.services.len()),
+            (BACKENDS_MAP, self.sets.keys().map(|s| s.slots.len()).sum()),
+            (CIDRS_MAP, self.cidrs.len()),
+            (POLICY_CIDRS_MAP, self.policy.len()),
+        ]
+    }
+
+    /// Brings the maps to `desired`. On error the maps hold a mix of old and new
+    /// entries that is consistent entry by entry; the next sync completes the job.
+    pub fn sync(
+        &mut self,
+        desired: &Desired,
+        w: &mut impl MapWriter,
+    ) -> Result<SyncStats, SyncError> {
+        let mut st = SyncStats::default();
+
+        // 1. Backend sets first: every set a new entry points to exists before it.
+        let mut wanted: Vec<&Arc<BackendSet>> = desired
+            .services
+            .values()
+            .filter_map(|t| t.set.as_ref())
+            .chain(desired.cidrs.values().filter_map(|t| t.set.as_ref()))
+            .collect();
+        wanted.sort_by_key(|s| Arc::as_ptr(s));
+        wanted.dedup_by_key(|s| Arc::as_ptr(s));
+        for set in wanted {
+            if self.sets.contains_key(set) {
+                continue;
+            }
+            let id = self.next_set;
+            self.next_set += 1;
+            for (slot, b) in set.slots.iter().enumerate() {
+                w.put_backend(
+                    BackendKey {
+                        set_id: id,
+                        slot: slot as u32,
+                    },
+                    *b,
+                )?;
+                st.written += 1;
+            }
+            self.sets.insert(set.clone(), id);
+        }
+        let set_ref = |set: &Option<Arc<BackendSet>>| -> (u32, u16, u16) {
+            match set {
+                Some(s) => (self.sets[s], s.slots.len() as u16, s.v4),
+                None => (0, 0, 0),
+            }
+        };
+
+        // 2. Upserts, the workloads last so a new workload starts with its view.
+        let mut policy_puts = Vec::new();
+        for (k, v) in &desired.policy_cidrs {
+            if self.policy.get(k) != Some(v) {
+                policy_puts.push((*k, *v));
+            }
+        }
+        let mut cidr_puts = Vec::new();
+        for (k, t) in &desired.cidrs {
+            let (set_id, slots, v4_slots) = set_ref(&t.set);
+            let v = CidrValue {
+                service_id: t.service_id,
+                set_id,
+                slots,
+                v4_slots,
+                target_port: t.target_port,
+                kind: t.kind,
+                _pad: 0,
+            };
+            if self.cidrs.get(k) != Some(&v) {
+                cidr_puts.push((*k, v));
+            }
+        }
+        let mut service_puts = Vec::new();
+        for (k, t) in &desired.services {
+            let (set_id, slots, v4_slots) = set_ref(&t.set);
+            let v = ServiceValue {
+                service_id: t.service_id,
+                set_id,
+                slots,
+                v4_slots,
+                kind: t.kind,
+                _pad: [0; 3],
+            };
+            if self.services.get(k) != Some(&v) {
+                service_puts.push((*k, v));
+            }
+        }
+        for (k, v) in policy_puts {
+            w.put_policy(k, v)?;
+            self.policy.insert(k, v);
+            st.written += 1;
+        }
+        for (k, v) in cidr_puts {
+            w.put_cidr(k, v)?;
+            self.cidrs.insert(k, v);
+            st.written += 1;
+        }
+        for (k, v) in service_puts {
+            w.put_service(k, v)?;
+            self.services.insert(k, v);
+            st.written += 1;
+        }
+        for (k, v) in &desired.workloads {
+            if self.workloads.get(k) != Some(v) {
+                w.put_workload(*k, *v)?;
+                self.workloads.insert(*k, *v);
+                st.written += 1;
+            }
+        }
+
+        // 3. Deletions: workloads first (they stop being enforced), then entries
+        // nobody wants, then backend sets nothing points to any more.
+        let gone: Vec<u64> = self
+            .workloads
+            .keys()
+            .filter(|k| !desired.workloads.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_workload(k)?;
+            self.workloads.remove(&k);
+            st.deleted += 1;
+        }
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !desired.services.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_service(k)?;
+            self.services.remove(&k);
+            st.deleted += 1;
+        }
+        let gone: Vec<CidrLpm> = self
+            .cidrs
+            .keys()
+            .filter(|k| !desired.cidrs.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_cidr(k)?;
+            self.cidrs.remove(&k);
+            st.deleted += 1;
+        }
+        let gone: Vec<PolicyLpm> = self
+            .policy
+            .keys()
+            .filter(|k| !desired.policy_cidrs.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_policy(k)?;
+            self.policy.remove(&k);
+            st.deleted += 1;
+        }
+        let in_use: std::collections::HashSet<u32> = self
+            .services
+            .values()
+            .map(|v| v.set_id)
+            .chain(self.cidrs.values().map(|v| v.set_id))
+            .collect();
+        let unused: Vec<(Arc<BackendSet>, u32)> = self
+            .sets
+            .iter()
+            .filter(|(_, id)| !in_use.contains(id))
+            .map(|(s, id)| (s.clone(), *id))
+            .collect();
+        for (set, id) in unused {
+            for slot in 0..set.slots.len() {
+                w.del_backend(BackendKey {
+                    set_id: id,
+                    slot: slot as u32,
+                })?;
+                st.deleted += 1;
+            }
+            self.sets.remove(&set);
+        }
+        Ok(st)
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::compile::{ServiceTarget, backend_set};
+    use std::net::IpAddr;
+
+    /// In-memory maps that also record the order of operations.
+    #[derive(Default)]
+    pub struct MemMaps {
+        pub workloads: HashMap<u64, WorkloadValue>,
+        pub services: HashMap<ServiceKey, ServiceValue>,
+        pub backends: HashMap<BackendKey, Backend>,
+        pub cidrs: HashMap<CidrLpm, CidrValue>,
+        pub policy: HashMap<PolicyLpm, PolicyCidrValue>,
+        pub log: Vec<String>,
+    }
+
+    impl MapWriter for MemMaps {
+        fn put_workload(&mut self, k: u64, v: WorkloadValue) -> Result<(), SyncError> {
+            self.log.push(format!("put workload {k}"));
+            self.workloads.insert(k, v);
+            Ok(())
+        }
+        fn del_workload(&mut self, k: u64) -> Result<(), SyncError> {
+            self.log.push(format!("del workload {k}"));
+            self.workloads.remove(&k);
+            Ok(())
+        }
+        fn put_service(&mut self, k: ServiceKey, v: ServiceValue) -> Result<(), SyncError> {
+            // A service must never point at a set that is not fully written.
+            for slot in 0..v.slots as u32 {
+                assert!(self.backends.contains_key(&BackendKey {
+                    set_id: v.set_id,
+                    slot
+                }));
+            }
+            self.log.push(format!("put service {}", k.port));
+            self.services.insert(k, v);
+            Ok(())
+        }
+        fn del_service(&mut self, k: ServiceKey) -> Result<(), SyncError> {
+            self.log.push(format!("del service {}", k.port));
+            self.services.remove(&k);
+            Ok(())
+        }
+        fn put_backend(&mut self, k: BackendKey, v: Backend) -> Result<(), SyncError> {
+            self.log
+                .push(format!("put backend {}/{}", k.set_id, k.slot));
+            self.backends.insert(k, v);
+            Ok(())
+        }
+        fn del_backend(&mut self, k: BackendKey) -> Result<(), SyncError> {
+            // Nothing may still point at a set being deleted.
+            assert!(!self.services.values().any(|s| s.set_id == k.set_id));
+            self.log
+                .push(format!("del backend {}/{}", k.set_id, k.slot));
+            self.backends.remove(&k);
+            Ok(())
+        }
+        fn put_cidr(&mut self, k: CidrLpm, v: CidrValue) -> Result<(), SyncError> {
+            self.cidrs.insert(k, v);
+            Ok(())
+        }
+        fn del_cidr(&mut self, k: CidrLpm) -> Result<(), SyncError> {
+            self.cidrs.remove(&k);
+            Ok(())
+        }
+        fn put_policy(&mut self, k: PolicyLpm, v: PolicyCidrValue) -> Result<(), SyncError> {
+            self.policy.insert(k, v);
+            Ok(())
+        }
+        fn del_policy(&mut self, k: PolicyLpm) -> Result<(), SyncError> {
+            self.policy.remove(&k);
+            Ok(())
+        }
+    }
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey {
+            addr: [1; 16],
+            view_id: 1,
+            port,
+            proto: PROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    fn set(ips: &[&str]) -> Arc<BackendSet> {
+        Arc::new(backend_set(
+            ips.iter()
+                .map(|s| (s.parse::<IpAddr>().unwrap(), 80, 1))
+                .collect(),
+        ))
+    }
+
+    fn desired(entries: &[(u16, Arc<BackendSet>)]) -> Desired {
+        let mut d = Desired::default();
+        d.workloads.insert(
+            5,
+            WorkloadValue {
+                workload_id: 1,
+                view_id: 1,
+                flags: 0,
+                _pad: 0,
+            },
+        );
+        for (port, s) in entries {
+            d.services.insert(
+                key(*port),
+                ServiceTarget {
+                    service_id: 1,
+                    kind: SVC_VIP,
+                    set: Some(s.clone()),
+                },
+            );
+        }
+        d
+    }
+
+    #[test]
+    fn unchanged_state_writes_nothing() {
+        let mut s = Syncer::new();
+        let mut m = MemMaps::default();
+        let d = desired(&[(80, set(&["192.0.2.1"]))]);
+        let first = s.sync(&d, &mut m).unwrap();
+        assert_eq!(first.written, 3);
+        m.log.clear();
+        let again = s.sync(&d, &mut m).unwrap();
+        assert_eq!(again, SyncStats::default());
+        assert!(m.log.is_empty());
+    }
+
+    #[test]
+    fn changed_set_is_written_under_a_new_id_then_switched_then_old_deleted() {
+        let mut s = Syncer::new();
+        let mut m = MemMaps::default();
+        s.sync(&desired(&[(80, set(&["192.0.2.1"]))]), &mut m)
+            .unwrap();
+        let old_id = m.services[&key(80)].set_id;
+        m.log.clear();
+        s.sync(&desired(&[(80, set(&["192.0.2.1", "192.0.2.2"]))]), &mut m)
+            .unwrap();
+        let new_id = m.services[&key(80)].set_id;
+        assert_ne!(old_id, new_id);
+        assert_eq!(
+            m.log,
+            vec![
+                format!("put backend {new_id}/0"),
+                format!("put backend {new_id}/1"),
+                "put service 80".to_owned(),
+                format!("del backend {old_id}/0"),
+            ]
+        );
+        assert_eq!(m.backends.len(), 2);
+    }
+
+    #[test]
+    fn equal_sets_are_shared_and_removal_cleans_up() {
+        let mut s = Syncer::new();
+        let mut m = MemMaps::default();
+        let shared = set(&["192.0.2.1"]);
+        s.sync(
+            &desired(&[(80, shared.clone()), (81, set(&["192.0.2.1"]))]),
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(m.services[&key(80)].set_id, m.services[&key(81)].set_id);
+        assert_eq!(m.backends.len(), 1);
+        let mut empty = desired(&[]);
+        empty.workloads.clear();
+        let st = s.sync(&empty, &mut m).unwrap();
+        assert_eq!(st.deleted, 4);
+        assert!(m.services.is_empty() && m.backends.is_empty() && m.workloads.is_empty());
+        assert_eq!(m.log.last().unwrap(), &format!("del backend 1/0"));
+    }
+}

@@ -1,0 +1,450 @@
+//! Map names and the plain-data keys and values stored in them.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, built from fixed-width integers with
+//! explicit padding, and size-checked at compile time: the agent writes these bytes
+//! and the eBPF programs read them. Ports are host byte order; addresses are
+//! [`crate::addr::Addr`] (16 bytes, network byte order, IPv4 v4-mapped).
+
+use crate::addr::Addr;
+
+// ---------------------------------------------------------------------------------
+// Map names. The eBPF statics carry exactly these identifiers (aya names a map after
+// its static); the agent opens maps only through these constants.
+// ---------------------------------------------------------------------------------
+
+/// cgroup id → [`WorkloadValue`]: which cgroups are enforced workloads.
+pub const WORKLOADS_MAP: &str = "EGRESS_WORKLOADS";
+/// [`ServiceKey`] → [`ServiceValue`]: VIPs and endpoint addresses per view.
+pub const SERVICES_MAP: &str = "EGRESS_SERVICES";
+/// [`BackendKey`] → [`Backend`]: the slots of each backend set.
+pub const BACKENDS_MAP: &str = "EGRESS_BACKENDS";
+/// LPM trie of [`CidrKey`] → [`CidrValue`]: CIDR addresses of services, per view.
+pub const CIDRS_MAP: &str = "EGRESS_CIDRS";
+/// LPM trie of [`IpKey`] → [`PolicyCidrValue`]: excluded and cluster-internal CIDRs.
+pub const POLICY_CIDRS_MAP: &str = "EGRESS_POLCIDRS";
+/// LRU socket cookie → [`OrigDest`]: what a rewritten socket originally asked for.
+pub const SOCK_ORIG_MAP: &str = "EGRESS_SOCKORIG";
+/// Per-CPU [`StatKey`] → u64: one increment per classified `connect()`.
+pub const STATS_MAP: &str = "EGRESS_STATS";
+/// Per-CPU array of u64 indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "EGRESS_COUNTERS";
+/// Ring buffer of [`Event`]: denials and audited attempts.
+pub const EVENTS_MAP: &str = "EGRESS_EVENTS";
+
+/// Every map the programs define, for checks and inspection.
+pub const ALL_MAPS: &[&str] = &[
+    WORKLOADS_MAP,
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    CIDRS_MAP,
+    POLICY_CIDRS_MAP,
+    SOCK_ORIG_MAP,
+    STATS_MAP,
+    COUNTERS_MAP,
+    EVENTS_MAP,
+];
+
+/// Capacities. The agent may raise them at load time (`EbpfLoader::map_max_entries`).
+pub const WORKLOADS_MAX: u32 = 16_384;
+pub const SERVICES_MAX: u32 = 1_048_576;
+pub const BACKENDS_MAX: u32 = 1_048_576;
+pub const CIDRS_MAX: u32 = 262_144;
+pub const POLICY_CIDRS_MAX: u32 = 4_096;
+pub const SOCK_ORIG_MAX: u32 = 262_144;
+pub const STATS_MAX: u32 = 65_536;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// How many cgroup levels above a socket's cgroup are searched for its workload.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// Slots a backend set may hold; weights are expanded into slots up to this bound.
+pub const MAX_BACKEND_SLOTS: u16 = 1024;
+
+// ---------------------------------------------------------------------------------
+// Enums carried as u8 in maps and events.
+// ---------------------------------------------------------------------------------
+
+/// What happened to a `connect()`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Proceeds unchanged.
+    Allow = 1,
+    /// Proceeds to a backend chosen in the kernel.
+    Rewrite = 2,
+    /// Fails with EPERM.
+    Deny = 3,
+    /// Would be denied, but audit mode allows it unchanged.
+    Audit = 4,
+}
+
+impl Action {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Rewrite),
+            3 => Some(Self::Deny),
+            4 => Some(Self::Audit),
+            _ => None,
+        }
+    }
+
+    /// The metric label value (SPEC §7.8 `decision`, plus `audit`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Allow => "allowed",
+            Self::Rewrite => "rewritten",
+            Self::Deny => "denied",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+/// Why (SPEC §7.8 `reason`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    RegistryMatch = 1,
+    AllowAny = 2,
+    RegistryOnly = 3,
+    ClusterInternal = 4,
+    NoRoute = 5,
+    NoEndpoints = 6,
+    Overflow = 7,
+}
+
+impl Reason {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::RegistryMatch),
+            2 => Some(Self::AllowAny),
+            3 => Some(Self::RegistryOnly),
+            4 => Some(Self::ClusterInternal),
+            5 => Some(Self::NoRoute),
+            6 => Some(Self::NoEndpoints),
+            7 => Some(Self::Overflow),
+            _ => None,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::RegistryMatch => "registry_match",
+            Self::AllowAny => "allow_any",
+            Self::RegistryOnly => "registry_only",
+            Self::ClusterInternal => "cluster_internal",
+            Self::NoRoute => "no_route",
+            Self::NoEndpoints => "no_endpoints",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+/// Which classification step matched (SPEC §7.3 `match`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatchKind {
+    None = 0,
+    Vip = 1,
+    Cidr = 2,
+    Dns = 3,
+    Port = 4,
+    /// The destination is one of a service's own endpoints, allowed as-is.
+    Endpoint = 5,
+}
+
+impl MatchKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::None),
+            1 => Some(Self::Vip),
+            2 => Some(Self::Cidr),
+            3 => Some(Self::Dns),
+            4 => Some(Self::Port),
+            5 => Some(Self::Endpoint),
+            _ => None,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Vip => "vip",
+            Self::Cidr => "cidr",
+            Self::Dns => "dns",
+            Self::Port => "port",
+            Self::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// IP protocol numbers as they appear in keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Indices of the per-CPU [`COUNTERS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A program hit an internal error and returned its failure verdict.
+    ErrConnect4 = 0,
+    ErrConnect6 = 1,
+    ErrGetpeername4 = 2,
+    ErrGetpeername6 = 3,
+    /// An event could not be reserved in the ring buffer.
+    EventsDropped = 4,
+    /// A stats entry could not be created (map full).
+    StatsFull = 5,
+    /// A rewritten socket's original destination could not be recorded.
+    SockOrigFull = 6,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Self::ErrConnect4,
+        Self::ErrConnect6,
+        Self::ErrGetpeername4,
+        Self::ErrGetpeername6,
+        Self::EventsDropped,
+        Self::StatsFull,
+        Self::SockOrigFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ErrConnect4 => "connect4_errors",
+            Self::ErrConnect6 => "connect6_errors",
+            Self::ErrGetpeername4 => "getpeername4_errors",
+            Self::ErrGetpeername6 => "getpeername6_errors",
+            Self::EventsDropped => "events_dropped",
+            Self::StatsFull => "stats_full",
+            Self::SockOrigFull => "sock_orig_full",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Keys and values.
+// ---------------------------------------------------------------------------------
+
+/// Workload flag: unknown destinations are denied (REGISTRY_ONLY).
+pub const WL_REGISTRY_ONLY: u32 = 1;
+/// Workload flag: denials are computed and reported but the connection is allowed.
+pub const WL_AUDIT: u32 = 2;
+
+/// Value of [`WORKLOADS_MAP`], keyed by cgroup id (u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkloadValue {
+    /// The agent's id of the workload, used in stats and events.
+    pub workload_id: u32,
+    /// The registry view (namespace + Sidecar scope) this workload sees.
+    pub view_id: u32,
+    /// `WL_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<WorkloadValue>() == 16);
+
+/// Key of [`SERVICES_MAP`]: a destination as seen from one view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Destination address, network byte order, IPv4 v4-mapped.
+    pub addr: Addr,
+    pub view_id: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 24);
+
+/// [`ServiceValue::kind`]: the address is a VIP; rewrite to a backend of `set_id`.
+pub const SVC_VIP: u8 = 1;
+/// [`ServiceValue::kind`]: the address is a service endpoint; allow as-is.
+pub const SVC_ENDPOINT: u8 = 2;
+
+/// Value of [`SERVICES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// The agent's id of the (namespace, host) service, for stats and events.
+    pub service_id: u32,
+    /// Backend set to pick from ([`BackendKey::set_id`]); a new version of the set
+    /// gets a new id, switched in by rewriting this value.
+    pub set_id: u32,
+    /// Slots in the set. IPv4 slots come first: an IPv4 socket picks among
+    /// `v4_slots`, an IPv6 socket among all (IPv4 backends as v4-mapped).
+    pub slots: u16,
+    pub v4_slots: u16,
+    /// `SVC_*`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ServiceValue>() == 16);
+
+/// Key of [`BACKENDS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub set_id: u32,
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<BackendKey>() == 8);
+
+/// Value of [`BACKENDS_MAP`]: where a rewritten connection goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Network byte order, IPv4 v4-mapped.
+    pub addr: Addr,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend>() == 20);
+
+/// Data of an LPM key of [`CIDRS_MAP`]. The fixed fields come first and are always
+/// inside the prefix: `prefix_len = CIDR_FIXED_BITS + prefix on the 128-bit scale`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrKey {
+    pub view_id: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Network byte order, IPv4 v4-mapped.
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<CidrKey>() == 24);
+
+/// Bits of [`CidrKey`] before the address.
+pub const CIDR_FIXED_BITS: u32 = 64;
+
+/// [`CidrValue::kind`]: NONE resolution, the destination is kept (port maybe
+/// rewritten to `target_port`).
+pub const CIDR_PASSTHROUGH: u8 = 1;
+/// [`CidrValue::kind`]: STATIC resolution, the destination is load-balanced to a
+/// backend of `set_id` like a VIP.
+pub const CIDR_BALANCE: u8 = 2;
+
+/// Value of [`CIDRS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrValue {
+    pub service_id: u32,
+    /// For [`CIDR_BALANCE`]: as [`ServiceValue::set_id`].
+    pub set_id: u32,
+    pub slots: u16,
+    pub v4_slots: u16,
+    /// For [`CIDR_PASSTHROUGH`]: the NONE `targetPort` (0 = keep the port).
+    pub target_port: u16,
+    /// `CIDR_*`.
+    pub kind: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<CidrValue>() == 16);
+
+/// Data of an LPM key of [`POLICY_CIDRS_MAP`]; prefix on the 128-bit scale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpKey {
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<IpKey>() == 16);
+
+/// [`PolicyCidrValue::kind`]: never enforced nor counted.
+pub const POLICY_EXCLUDED: u32 = 1;
+/// [`PolicyCidrValue::kind`]: cluster-internal, allowed after the registry steps.
+pub const POLICY_CLUSTER: u32 = 2;
+
+/// Value of [`POLICY_CIDRS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCidrValue {
+    pub kind: u32,
+}
+const _: () = assert!(size_of::<PolicyCidrValue>() == 4);
+
+/// Value of [`SOCK_ORIG_MAP`], keyed by socket cookie (u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OrigDest {
+    /// What the application connected to.
+    pub orig_addr: Addr,
+    /// Where the kernel sent it.
+    pub backend_addr: Addr,
+    pub orig_port: u16,
+    pub backend_port: u16,
+}
+const _: () = assert!(size_of::<OrigDest>() == 36);
+
+/// Key of [`STATS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    pub workload_id: u32,
+    /// 0 when nothing in the registry matched.
+    pub service_id: u32,
+    /// The original destination port, host byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// [`Action`].
+    pub action: u8,
+    /// [`Reason`].
+    pub reason: u8,
+    /// [`MatchKind`].
+    pub matched: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<StatKey>() == 16);
+
+/// A record on [`EVENTS_MAP`]: one denied or audited `connect()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    /// Thread group id (the process id users see).
+    pub pid: u32,
+    pub workload_id: u32,
+    pub service_id: u32,
+    /// Destination the application asked for.
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub matched: u8,
+    /// 4 or 6: the socket family.
+    pub family: u8,
+    pub _pad: u8,
+    /// `comm` of the calling thread, NUL padded.
+    pub comm: [u8; 16],
+    pub _pad2: [u8; 4],
+}
+const _: () = assert!(size_of::<Event>() == 72);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], Copy, made only of integers and byte arrays,
+    // with every padding byte an explicit field: any bit pattern is valid.
+    unsafe impl aya::Pod for WorkloadValue {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for CidrValue {}
+    unsafe impl aya::Pod for IpKey {}
+    unsafe impl aya::Pod for PolicyCidrValue {}
+    unsafe impl aya::Pod for OrigDest {}
+    unsafe impl aya::Pod for StatKey {}
+    unsafe impl aya::Pod for Event {}
+}

@@ -1,0 +1,351 @@
+//! Maps and programs. Map statics are named exactly as the `*_MAP` constants of
+//! `egress_common::maps`.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_prandom_u32,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+use egress_common::{
+    addr::{Addr, is_v4_mapped, v4_mapped, v4_octets},
+    decide::{self, Connect, Dataplane, Decision, Outcome},
+    maps::*,
+};
+
+#[map]
+static EGRESS_WORKLOADS: HashMap<u64, WorkloadValue> =
+    HashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(BACKENDS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_CIDRS: LpmTrie<CidrKey, CidrValue> = LpmTrie::with_max_entries(CIDRS_MAX, 0);
+#[map]
+static EGRESS_POLCIDRS: LpmTrie<IpKey, PolicyCidrValue> =
+    LpmTrie::with_max_entries(POLICY_CIDRS_MAX, 0);
+#[map]
+static EGRESS_SOCKORIG: LruHashMap<u64, OrigDest> = LruHashMap::with_max_entries(SOCK_ORIG_MAX, 0);
+#[map]
+static EGRESS_STATS: PerCpuHashMap<StatKey, u64> =
+    PerCpuHashMap::with_max_entries(STATS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Load-time global: 1 lets a `connect()` through when the program fails internally,
+/// 0 (the default) refuses it. Set by the agent with `EbpfLoader::set_global`.
+#[unsafe(no_mangle)]
+static FAIL_OPEN: u8 = 0;
+
+const VERDICT_ALLOW: i32 = 1;
+const VERDICT_DENY: i32 = 0;
+/// getpeername/recvmsg hooks cannot refuse: their only verdict is 1.
+const VERDICT_PASS: i32 = 1;
+
+#[inline(always)]
+fn connect_fail_verdict() -> i32 {
+    // SAFETY: a load-time constant; read volatile so the loader's value is used.
+    if unsafe { core::ptr::read_volatile(&FAIL_OPEN) } != 0 {
+        VERDICT_ALLOW
+    } else {
+        VERDICT_DENY
+    }
+}
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(p) = EGRESS_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The kernel as a `Dataplane`.
+struct Kernel;
+
+impl Dataplane for Kernel {
+    #[inline(always)]
+    fn current_cgroup_id(&self) -> u64 {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+
+    #[inline(always)]
+    fn ancestor_cgroup_id(&self, level: u32) -> u64 {
+        // SAFETY: helper with a plain integer argument.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    }
+
+    #[inline(always)]
+    fn workload(&self, cgroup_id: u64) -> Option<WorkloadValue> {
+        // SAFETY: the value is copied out immediately.
+        unsafe { EGRESS_WORKLOADS.get(&cgroup_id).copied() }
+    }
+
+    #[inline(always)]
+    fn policy_cidr(&self, addr: &Addr) -> Option<PolicyCidrValue> {
+        EGRESS_POLCIDRS
+            .get(Key::new(128, IpKey { addr: *addr }))
+            .copied()
+    }
+
+    #[inline(always)]
+    fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out immediately.
+        unsafe { EGRESS_SERVICES.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn cidr(&self, key: &CidrKey) -> Option<CidrValue> {
+        EGRESS_CIDRS
+            .get(Key::new(CIDR_FIXED_BITS + 128, *key))
+            .copied()
+    }
+
+    #[inline(always)]
+    fn backend(&self, key: &BackendKey) -> Option<Backend> {
+        // SAFETY: the value is copied out immediately.
+        unsafe { EGRESS_BACKENDS.get(key).copied() }
+    }
+}
+
+#[inline(always)]
+fn count(key: &StatKey) {
+    if let Some(p) = EGRESS_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+        return;
+    }
+    if EGRESS_STATS.insert(key, 1u64, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU created the entry between our lookup and insert.
+    match EGRESS_STATS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(p) => unsafe { *p += 1 },
+        None => bump(Counter::StatsFull),
+    }
+}
+
+#[inline(always)]
+fn emit(d: &Decision, c: &Connect, family: u8) {
+    let Some(mut entry) = EGRESS_EVENTS.reserve::<Event>(0) else {
+        bump(Counter::EventsDropped);
+        return;
+    };
+    // SAFETY: helpers without pointer arguments.
+    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    let ev = Event {
+        boot_ns,
+        cgroup_id,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        workload_id: d.workload.workload_id,
+        service_id: d.service_id,
+        addr: c.addr,
+        port: c.port,
+        proto: c.proto,
+        action: d.action as u8,
+        reason: d.reason as u8,
+        matched: d.matched as u8,
+        family,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        _pad2: [0; 4],
+    };
+    entry.write(ev);
+    entry.submit(0);
+}
+
+/// Socket families as the hooks see them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[inline(always)]
+fn read_addr(ctx: &SockAddrContext, family: Family) -> Addr {
+    let sa = ctx.sock_addr;
+    match family {
+        // SAFETY: ctx fields the verifier allows 4-byte reads of.
+        Family::V4 => v4_mapped(unsafe { (*sa).user_ip4 }.to_ne_bytes()),
+        Family::V6 => {
+            let mut a = [0u8; 16];
+            let mut i = 0;
+            while i < 4 {
+                // SAFETY: as above; one 4-byte read per word.
+                let w = unsafe { core::ptr::read_volatile(&(*sa).user_ip6[i]) };
+                let b = w.to_ne_bytes();
+                a[i * 4] = b[0];
+                a[i * 4 + 1] = b[1];
+                a[i * 4 + 2] = b[2];
+                a[i * 4 + 3] = b[3];
+                i += 1;
+            }
+            a
+        }
+    }
+}
+
+#[inline(always)]
+fn write_addr(ctx: &SockAddrContext, family: Family, addr: &Addr, port: u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx fields writable by connect/getpeername programs, 4-byte stores.
+    unsafe {
+        match family {
+            Family::V4 => (*sa).user_ip4 = u32::from_ne_bytes(v4_octets(addr)),
+            Family::V6 => {
+                let mut i = 0;
+                while i < 4 {
+                    let w = u32::from_ne_bytes([
+                        addr[i * 4],
+                        addr[i * 4 + 1],
+                        addr[i * 4 + 2],
+                        addr[i * 4 + 3],
+                    ]);
+                    core::ptr::write_volatile(&mut (*sa).user_ip6[i], w);
+                    i += 1;
+                }
+            }
+        }
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+#[inline(always)]
+fn read_port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: ctx field; the port sits in network byte order in the low 16 bits.
+    u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16)
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
+    // SAFETY: ctx field read.
+    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
+    if proto != PROTO_TCP {
+        return Ok(VERDICT_ALLOW);
+    }
+    let addr = read_addr(ctx, family);
+    let c = Connect {
+        addr,
+        port: read_port(ctx),
+        proto,
+        v4_socket: family == Family::V4,
+        // SAFETY: helper without arguments.
+        random: unsafe { bpf_get_prandom_u32() },
+    };
+    let d = match decide::classify(&Kernel, &c)? {
+        Outcome::Untouched => return Ok(VERDICT_ALLOW),
+        Outcome::Decided(d) => d,
+    };
+    count(&decide::stat_key(&d, &c));
+    let fam = if family == Family::V4 { 4 } else { 6 };
+    match d.action {
+        Action::Allow => Ok(VERDICT_ALLOW),
+        Action::Rewrite => {
+            // A v6 socket reaches an IPv4 backend through its v4-mapped form; a v4
+            // socket only ever gets IPv4 backends (classify picks among v4 slots).
+            if family == Family::V4 && !is_v4_mapped(&d.backend.addr) {
+                return Err(decide::Error::MissingBackend);
+            }
+            // SAFETY: helper reading the socket behind ctx.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let orig = OrigDest {
+                orig_addr: addr,
+                backend_addr: d.backend.addr,
+                orig_port: c.port,
+                backend_port: d.backend.port,
+            };
+            if EGRESS_SOCKORIG.insert(cookie, orig, 0).is_err() {
+                bump(Counter::SockOrigFull);
+            }
+            write_addr(ctx, family, &d.backend.addr, d.backend.port);
+            Ok(VERDICT_ALLOW)
+        }
+        Action::Audit => {
+            emit(&d, &c, fam);
+            Ok(VERDICT_ALLOW)
+        }
+        Action::Deny => {
+            emit(&d, &c, fam);
+            Ok(VERDICT_DENY)
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, Family::V4) {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::ErrConnect4);
+            connect_fail_verdict()
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, Family::V6) {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::ErrConnect6);
+            connect_fail_verdict()
+        }
+    }
+}
+
+#[inline(always)]
+fn try_getpeername(ctx: &SockAddrContext, family: Family) -> Result<i32, ()> {
+    // SAFETY: helper reading the socket behind ctx.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out immediately.
+    let Some(orig) = (unsafe { EGRESS_SOCKORIG.get(&cookie).copied() }) else {
+        return Ok(VERDICT_PASS);
+    };
+    let peer = read_addr(ctx, family);
+    if let Some((addr, port)) = decide::peer_to_report(&orig, &peer, read_port(ctx)) {
+        if family == Family::V4 && !is_v4_mapped(&addr) {
+            // An IPv4 socket cannot report an IPv6 address; never happens since a
+            // v4 socket's original destination is IPv4.
+            return Err(());
+        }
+        write_addr(ctx, family, &addr, port);
+    }
+    Ok(VERDICT_PASS)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn egress_getpeername4(ctx: SockAddrContext) -> i32 {
+    match try_getpeername(&ctx, Family::V4) {
+        Ok(v) => v,
+        Err(()) => {
+            bump(Counter::ErrGetpeername4);
+            VERDICT_PASS
+        }
+    }
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn egress_getpeername6(ctx: SockAddrContext) -> i32 {
+    match try_getpeername(&ctx, Family::V6) {
+        Ok(v) => v,
+        Err(()) => {
+            bump(Counter::ErrGetpeername6);
+            VERDICT_PASS
+        }
+    }
+}
