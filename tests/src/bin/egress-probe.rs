@@ -1,0 +1,45 @@
+//! A plain-socket client for the integration tests, run inside a pod's netns and
+//! cgroup: connects, reports errno or getpeername() and the server's reply, as JSON.
+//!
+//! `egress-probe connect ADDR:PORT` — one connection.
+//! `egress-probe many ADDR:PORT N` — N sequential connections, one JSON per line.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn connect(addr: SocketAddr) -> serde_json::Value {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Err(e) => serde_json::json!({
+            "ok": false,
+            "errno": e.raw_os_error().unwrap_or(-1),
+            "error": e.to_string(),
+            "peer": null,
+            "reply": "",
+        }),
+        Ok(mut s) => {
+            let peer = s.peer_addr().ok().map(|p| p.to_string());
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            let _ = s.write_all(b"probe\n");
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            serde_json::json!({"ok": true, "errno": 0, "error": "", "peer": peer, "reply": reply})
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: egress-probe connect ADDR:PORT | many ADDR:PORT N";
+    let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
+    match args.get(1).map(String::as_str) {
+        Some("connect") => println!("{}", connect(addr)),
+        Some("many") => {
+            let n: usize = args.get(3).and_then(|n| n.parse().ok()).expect(usage);
+            for _ in 0..n.min(10_000) {
+                println!("{}", connect(addr));
+            }
+        }
+        _ => panic!("{usage}"),
+    }
+}

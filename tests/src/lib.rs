@@ -1,0 +1,492 @@
+//! Test worlds for the privileged integration tests: network namespaces joined by a
+//! bridge, a cgroup for each pod, real servers in the "external" namespaces, the
+//! real agent binary, and clients run inside a pod's netns and cgroup. Everything is
+//! created with unique names and removed on drop, also when a test fails.
+
+pub mod bpf;
+pub mod server;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A short name unique to this process and call: test resources never collide.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The cgroup2 mount, from /proc/mounts.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount: these tests need cgroup v2")
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        sh("ip", &["netns", "add", name]);
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+}
+
+/// Enters the network namespace at `path` on the calling thread only.
+pub fn enter_netns(path: &Path) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: setns on a valid netns fd affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A cgroup v2 directory, removed on drop (its processes are killed first: only
+/// processes the test itself started ever live in it).
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(path: PathBuf) -> Self {
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn child(&self, name: &str) -> Self {
+        Self::new(self.path.join(name))
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            for pid in self.pids() {
+                // SAFETY: these are processes this test placed in its own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Where a client process runs: a netns, and a cgroup (or none: the test's own).
+#[derive(Clone)]
+pub struct Place {
+    pub netns: PathBuf,
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Place {
+    /// A command that runs inside this place (netns entered, cgroup joined before
+    /// exec, so the program's very first syscall is already enforced).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let netns = File::open(&self.netns).expect("open netns");
+        let procs = self.cgroup.as_ref().map(|c| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.join("cgroup.procs"))
+                .expect("open cgroup.procs")
+        });
+        // SAFETY: between fork and exec only write(2) and setns(2) on fds opened
+        // before the fork; no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(p) = &procs {
+                    let rc = libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    if rc != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs a command here and returns its output.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
+    /// Runs the probe client here.
+    pub fn probe(&self, args: &[&str]) -> ProbeResult {
+        let out = self.run(probe_bin().to_str().unwrap(), args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "probe output {text:?} ({e}); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// One TCP connection with the probe: connect, send a line, read the reply.
+    pub fn connect(&self, addr: SocketAddr) -> ProbeResult {
+        self.probe(&["connect", &addr.to_string()])
+    }
+}
+
+/// What the probe saw for one connection.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub ok: bool,
+    /// errno of a failed connect, 0 on success.
+    pub errno: i32,
+    pub error: String,
+    /// getpeername() after connect.
+    pub peer: Option<String>,
+    /// Everything the server sent back.
+    pub reply: String,
+}
+
+pub const EPERM: i32 = libc::EPERM;
+
+/// Built binaries live next to the test executable's directory.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The probe client (a bin of this crate, built with the integration tests).
+pub fn probe_bin() -> PathBuf {
+    target_dir().join("egress-probe")
+}
+
+/// The agent binary: `$EGRESS_AGENT_BIN`, else `target/<profile>/egress-agent`
+/// (built by `cargo xtask test`).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("egress-agent");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (`cargo build -p egress-agent`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+/// The test network: a hub namespace with a bridge, a pod namespace and some
+/// "external" host namespaces on it. Pod: 198.18.0.2 and 2001:db8::2; external
+/// host i (from 1): 198.18.0.(10+i) and 2001:db8::(10+i). No route leaves the
+/// segment, so a VIP that is not rewritten is unreachable.
+pub struct Net {
+    pub pod: Netns,
+    pub ext: Vec<Netns>,
+    pub hub: Netns,
+}
+
+pub const POD_V4: &str = "198.18.0.2";
+pub const POD_V6: &str = "2001:db8::2";
+
+pub fn ext_v4(i: usize) -> IpAddr {
+    format!("198.18.0.{}", 10 + i).parse().unwrap()
+}
+
+pub fn ext_v6(i: usize) -> IpAddr {
+    format!("2001:db8::{}", 10 + i).parse().unwrap()
+}
+
+impl Net {
+    pub fn new(externals: usize) -> Self {
+        let id = unique("eg");
+        let hub = Netns::new(&format!("{id}h"));
+        hub.ip(&["link", "add", "br0", "type", "bridge"]);
+        hub.ip(&["link", "set", "br0", "up"]);
+        let attach = |ns: &Netns, port: &str, v4: &str, v6: &str| {
+            sh(
+                "ip",
+                &[
+                    "-n", &hub.name, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns.name,
+                ],
+            );
+            hub.ip(&["link", "set", port, "master", "br0", "up"]);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+        };
+        let pod = Netns::new(&format!("{id}p"));
+        attach(&pod, "vpod", POD_V4, POD_V6);
+        let mut ext = Vec::new();
+        for i in 1..=externals {
+            let ns = Netns::new(&format!("{id}e{i}"));
+            attach(&ns, &format!("vext{i}"), &ext_v4(i).to_string(), &ext_v6(i).to_string());
+            ext.push(ns);
+        }
+        Self { pod, ext, hub }
+    }
+
+    /// External host `i` (from 1).
+    pub fn ext(&self, i: usize) -> &Netns {
+        &self.ext[i - 1]
+    }
+}
+
+/// A running agent, stopped with SIGTERM on drop.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Agent {
+    /// Starts `egress-agent run --config CONFIG` and waits until it is ready.
+    pub fn start(config: &Path, metrics: SocketAddr) -> Self {
+        let log = config.with_extension("log");
+        let out = File::create(&log).unwrap();
+        let child = Command::new(agent_bin())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start egress-agent");
+        let mut agent = Self {
+            child: Some(child),
+            log,
+            metrics,
+        };
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!("egress-agent exited ({status}) before ready:\n{}", self.log_text());
+            }
+            if http_get(self.metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("egress-agent not ready after {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (the agent logs asynchronously).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) || start.elapsed() > timeout {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        let (code, body) = http_get(self.metrics, "/metrics").expect("scrape /metrics");
+        assert_eq!(code, 200);
+        body
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("egress-agent did not exit on SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// Sum of a counter family's samples whose labels include every `label="value"`.
+pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One test's world: the network, an attach cgroup with a pod cgroup in it, a
+/// config directory, and the agent once started.
+pub struct World {
+    pub net: Net,
+    /// Where the programs attach.
+    pub root: Cgroup,
+    pub pod: Cgroup,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new(externals: usize) -> Self {
+        let net = Net::new(externals);
+        let root = Cgroup::new(cgroup2_root().join(unique("egress-test-")));
+        let pod = root.child("pod");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("serviceentries")).unwrap();
+        Self {
+            net,
+            root,
+            pod,
+            dir,
+        }
+    }
+
+    pub fn se_dir(&self) -> PathBuf {
+        self.dir.path().join("serviceentries")
+    }
+
+    /// Writes a ServiceEntry file.
+    pub fn write_se(&self, file: &str, yaml: &str) {
+        std::fs::write(self.se_dir().join(file), yaml).unwrap();
+    }
+
+    /// The pod: its netns and cgroup.
+    pub fn pod(&self) -> Place {
+        Place {
+            netns: self.net.pod.path(),
+            cgroup: Some(self.pod.path.clone()),
+        }
+    }
+
+    /// The pod's netns, but the test's own cgroup (outside the attach point).
+    pub fn pod_netns_only(&self) -> Place {
+        Place {
+            netns: self.net.pod.path(),
+            cgroup: None,
+        }
+    }
+
+    /// Writes the agent config (pod = workload shop/web unless `workloads` says
+    /// otherwise) and starts the agent.
+    pub fn start_agent(&self, mode: &str, extra: &str) -> Agent {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = self.dir.path().join("agent.yaml");
+        let mut text = format!(
+            "outboundTrafficPolicy: {{mode: {mode}}}\ncgroupPath: {}\nserviceEntryDir: serviceentries\n\
+             metricsAddress: {metrics}\n",
+            self.root.path.display()
+        );
+        if !extra.contains("workloads:") {
+            text.push_str("workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2}\n");
+        }
+        text.push_str(extra);
+        std::fs::write(&config, text).unwrap();
+        Agent::start(&config, metrics)
+    }
+}
