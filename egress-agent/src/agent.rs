@@ -295,10 +295,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = tick.tick() => {
-                if state.refresh_workloads() {
-                    if let Err(e) = state.sync() {
-                        error!("sync failed, will retry: {e}");
-                    }
+                if state.refresh_workloads()
+                    && let Err(e) = state.sync()
+                {
+                    error!("sync failed, will retry: {e}");
                 }
             }
         }

@@ -419,6 +419,6 @@ pub mod tests {
         let st = s.sync(&empty, &mut m).unwrap();
         assert_eq!(st.deleted, 4);
         assert!(m.services.is_empty() && m.backends.is_empty() && m.workloads.is_empty());
-        assert_eq!(m.log.last().unwrap(), &format!("del backend 1/0"));
+        assert_eq!(m.log.last().unwrap(), "del backend 1/0");
     }
 }

@@ -171,26 +171,23 @@ pub fn is_partial_wildcard(host: &str) -> bool {
 
 /// Kubernetes label key: optional DNS-subdomain prefix (≤ 253) + `/` + name (≤ 63).
 pub fn is_label_key(key: &str) -> bool {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        if p.is_empty()
-            || p.len() > 253
-            || !p.split('.').all(|l| {
-                let b = l.as_bytes();
-                !b.is_empty()
-                    && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
-                    && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-                    && b.iter()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-            })
-        {
-            return false;
-        }
+    match key.rsplit_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(key),
     }
-    is_label_name(name)
+}
+
+/// Lower-case DNS subdomain: dot-separated lower-case labels, ≤ 253 in all.
+fn is_dns_subdomain(s: &str) -> bool {
+    let lower_label = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(lower_label)
 }
 
 /// `(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, ≤ 63.
@@ -396,14 +393,14 @@ pub fn service_entry(res: &Resource<ServiceEntry>, ctx: &Context) -> Vec<Finding
                 ),
             ),
         }
-        if let Some(t) = p.target_port {
-            if !(1..=65535).contains(&t) {
-                f.error(
-                    "SE-P5",
-                    format!("{field}.targetPort"),
-                    format!("port number {t} must be in the range 1..65535"),
-                );
-            }
+        if let Some(t) = p.target_port
+            && !(1..=65535).contains(&t)
+        {
+            f.error(
+                "SE-P5",
+                format!("{field}.targetPort"),
+                format!("port number {t} must be in the range 1..65535"),
+            );
         }
         let raw_proto = p.protocol.clone().unwrap_or_default();
         let proto = match Protocol::parse(&raw_proto) {

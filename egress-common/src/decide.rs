@@ -75,10 +75,10 @@ pub fn find_workload<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
     while level > 0 {
         level -= 1;
         let id = d.ancestor_cgroup_id(level);
-        if id != 0 {
-            if let Some(w) = d.workload(id) {
-                return Some(w);
-            }
+        if id != 0
+            && let Some(w) = d.workload(id)
+        {
+            return Some(w);
         }
     }
     None

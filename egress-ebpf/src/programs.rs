@@ -92,7 +92,7 @@ impl Dataplane for Kernel {
     #[inline(always)]
     fn workload(&self, cgroup_id: u64) -> Option<WorkloadValue> {
         // SAFETY: the value is copied out immediately.
-        unsafe { EGRESS_WORKLOADS.get(&cgroup_id).copied() }
+        unsafe { EGRESS_WORKLOADS.get(cgroup_id).copied() }
     }
 
     #[inline(always)]
@@ -313,7 +313,7 @@ fn try_getpeername(ctx: &SockAddrContext, family: Family) -> Result<i32, ()> {
     // SAFETY: helper reading the socket behind ctx.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out immediately.
-    let Some(orig) = (unsafe { EGRESS_SOCKORIG.get(&cookie).copied() }) else {
+    let Some(orig) = (unsafe { EGRESS_SOCKORIG.get(cookie).copied() }) else {
         return Ok(VERDICT_PASS);
     };
     let peer = read_addr(ctx, family);

@@ -78,7 +78,6 @@ impl Netns {
         a.extend_from_slice(args);
         sh("ip", &a)
     }
-
 }
 
 /// Enters the network namespace at `path` on the calling thread only.
@@ -91,7 +90,9 @@ pub fn enter_netns(path: &Path) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -120,18 +121,31 @@ impl Cgroup {
     }
 }
 
+/// Removes a cgroup and any cgroups below it, killing what runs in them first.
+fn remove_cgroup_tree(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: only processes the tests placed in their own cgroups live here.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            for pid in self.pids() {
-                // SAFETY: these are processes this test placed in its own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        remove_cgroup_tree(&self.path);
     }
 }
 
@@ -221,8 +235,12 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// The probe client (a bin of this crate, built with the integration tests).
+/// The probe client: `$EGRESS_PROBE_BIN`, else the bin of this crate built next
+/// to the integration tests.
 pub fn probe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_PROBE_BIN") {
+        return PathBuf::from(p);
+    }
     target_dir().join("egress-probe")
 }
 
@@ -286,7 +304,12 @@ impl Net {
         let mut ext = Vec::new();
         for i in 1..=externals {
             let ns = Netns::new(&format!("{id}e{i}"));
-            attach(&ns, &format!("vext{i}"), &ext_v4(i).to_string(), &ext_v6(i).to_string());
+            attach(
+                &ns,
+                &format!("vext{i}"),
+                &ext_v4(i).to_string(),
+                &ext_v6(i).to_string(),
+            );
             ext.push(ns);
         }
         Self { pod, ext, hub }
@@ -339,13 +362,19 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                panic!("egress-agent exited ({status}) before ready:\n{}", self.log_text());
+                panic!(
+                    "egress-agent exited ({status}) before ready:\n{}",
+                    self.log_text()
+                );
             }
             if http_get(self.metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
             if start.elapsed() > timeout {
-                panic!("egress-agent not ready after {timeout:?}:\n{}", self.log_text());
+                panic!(
+                    "egress-agent not ready after {timeout:?}:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -417,7 +446,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -426,9 +459,10 @@ pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
 /// config directory, and the agent once started.
 pub struct World {
     pub net: Net,
+    // Fields drop in order: the pod cgroup before the attach cgroup holding it.
+    pub pod: Cgroup,
     /// Where the programs attach.
     pub root: Cgroup,
-    pub pod: Cgroup,
     pub dir: tempfile::TempDir,
 }
 
@@ -441,8 +475,8 @@ impl World {
         std::fs::create_dir(dir.path().join("serviceentries")).unwrap();
         Self {
             net,
-            root,
             pod,
+            root,
             dir,
         }
     }
@@ -483,7 +517,9 @@ impl World {
             self.root.path.display()
         );
         if !extra.contains("workloads:") {
-            text.push_str("workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2}\n");
+            text.push_str(
+                "workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2}\n",
+            );
         }
         text.push_str(extra);
         std::fs::write(&config, text).unwrap();

@@ -104,7 +104,9 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, name: &str, hits: &Mutex<Vec<H
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 let text = String::from_utf8_lossy(&buf);
-                let http = text.starts_with("GET ") || text.starts_with("POST ") || text.starts_with("HEAD ");
+                let http = text.starts_with("GET ")
+                    || text.starts_with("POST ")
+                    || text.starts_with("HEAD ");
                 if (http && text.contains("\r\n\r\n")) || (!http && text.contains('\n')) {
                     break;
                 }

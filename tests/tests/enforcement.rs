@@ -15,7 +15,11 @@ fn sa(s: &str) -> SocketAddr {
 
 /// A dual-stack server on external host `i`.
 fn server(w: &World, i: usize, port: u16) -> Server {
-    Server::start(w.net.ext(i), sa(&format!("[::]:{port}")), &format!("ext{i}:{port}"))
+    Server::start(
+        w.net.ext(i),
+        sa(&format!("[::]:{port}")),
+        &format!("ext{i}:{port}"),
+    )
 }
 
 const LEGACY: &str = r#"
@@ -57,9 +61,18 @@ fn curl_to_vip_reaches_an_endpoint_and_gets_its_body() {
     );
     let ext1 = server(&w, 1, 8080);
     let _agent = w.start_agent("REGISTRY_ONLY", "");
-    let out = w.pod().run("curl", &["-sS", "-m", "5", "http://240.240.1.1/"]);
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from ext1:8080\n");
+    let out = w
+        .pod()
+        .run("curl", &["-sS", "-m", "5", "http://240.240.1.1/"]);
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from ext1:8080\n"
+    );
     let hits = ext1.hits();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].peer.ip().to_canonical().to_string(), POD_V4);
@@ -72,7 +85,10 @@ fn two_endpoints_both_receive_connections() {
     w.write_se("legacy.yaml", LEGACY);
     let (ext1, ext2) = (server(&w, 1, 8080), server(&w, 2, 8080));
     let _agent = w.start_agent("REGISTRY_ONLY", "");
-    let out = w.pod().run(probe_bin().to_str().unwrap(), &["many", "240.240.1.1:80", "40"]);
+    let out = w.pod().run(
+        probe_bin().to_str().unwrap(),
+        &["many", "240.240.1.1:80", "40"],
+    );
     let results: Vec<ProbeResult> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -137,7 +153,16 @@ fn getpeername_reports_the_vip_not_the_backend() {
     // curl reports the peer from getpeername() too.
     let out = w.pod().run(
         "curl",
-        &["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{remote_ip}:%{remote_port}", "http://240.240.1.1/"],
+        &[
+            "-sS",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{remote_ip}:%{remote_port}",
+            "http://240.240.1.1/",
+        ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "240.240.1.1:80");
 }
@@ -170,7 +195,11 @@ fn registry_only_refuses_an_unregistered_ip_with_eperm_logs_and_counts_it() {
     let r: ProbeResult = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!r.ok);
     assert_eq!(r.errno, EPERM, "{r:?}");
-    assert_eq!(ext3.hit_count(), 0, "the server must never see the connection");
+    assert_eq!(
+        ext3.hit_count(),
+        0,
+        "the server must never see the connection"
+    );
 
     let after = wait_metric(&agent, "egress_connections_total", &denied, before + 1.0);
     assert_eq!(after, before + 1.0, "exactly one denial counted");
@@ -208,7 +237,10 @@ fn allow_any_passes_an_unregistered_ip_untouched() {
         ("reason", "allow_any"),
         ("policy_mode", "ALLOW_ANY"),
     ];
-    assert_eq!(wait_metric(&agent, "egress_connections_total", &passed, 1.0), 1.0);
+    assert_eq!(
+        wait_metric(&agent, "egress_connections_total", &passed, 1.0),
+        1.0
+    );
 }
 
 #[test]
@@ -317,15 +349,27 @@ spec:
   ports: [{number: 9000, name: api, protocol: TCP}]
 "#,
     );
-    let (e1, e2, e3) = (server(&w, 1, 9000), server(&w, 2, 9000), server(&w, 3, 9000));
+    let (e1, e2, e3) = (
+        server(&w, 1, 9000),
+        server(&w, 2, 9000),
+        server(&w, 3, 9000),
+    );
     let _agent = w.start_agent("REGISTRY_ONLY", "");
     for (i, want) in [(2, "ext2:9000"), (3, "ext3:9000")] {
         let r = w.pod().connect(sa(&format!("198.18.0.{}:9000", 10 + i)));
         assert!(r.ok, "{r:?}");
         assert_eq!(r.reply, format!("hello from {want}\n"));
-        assert_eq!(r.peer, Some(format!("198.18.0.{}:9000", 10 + i)), "not rewritten");
+        assert_eq!(
+            r.peer,
+            Some(format!("198.18.0.{}:9000", 10 + i)),
+            "not rewritten"
+        );
     }
-    assert_eq!(w.pod().connect(sa("198.18.0.11:9000")).errno, EPERM, "outside the /31");
+    assert_eq!(
+        w.pod().connect(sa("198.18.0.11:9000")).errno,
+        EPERM,
+        "outside the /31"
+    );
     assert_eq!((e1.hit_count(), e2.hit_count(), e3.hit_count()), (0, 1, 1));
 }
 
@@ -356,11 +400,27 @@ spec:
         .lines()
         .find(|l| l.contains("ServiceEntry shop/broken"))
         .unwrap_or_else(|| panic!("no rejection logged:\n{log}"));
-    for needle in ["mixed.yaml", "spec.ports[0].name", "invalid port name", "SE-P6"] {
+    for needle in [
+        "mixed.yaml",
+        "spec.ports[0].name",
+        "invalid port name",
+        "SE-P6",
+    ] {
         assert!(line.contains(needle), "{needle} missing from {line}");
     }
-    let rejected = [("kind", "ServiceEntry"), ("namespace", "shop"), ("name", "broken")];
-    assert_eq!(metric_sum(&agent.metrics_text(), "egress_config_rejected_total", &rejected), 1.0);
+    let rejected = [
+        ("kind", "ServiceEntry"),
+        ("namespace", "shop"),
+        ("name", "broken"),
+    ];
+    assert_eq!(
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_config_rejected_total",
+            &rejected
+        ),
+        1.0
+    );
     // The good entry in the same file works; the broken one's VIP is unknown.
     assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
     assert_eq!(w.pod().connect(sa("240.240.9.9:80")).errno, EPERM);
@@ -383,13 +443,24 @@ fn sigterm_detaches_every_program() {
     }
     assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
     let status = agent.stop();
-    assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        agent.log_text()
+    );
     for t in types {
-        assert_eq!(attached_count(&w.root.path, t), 0, "attach type {t} still attached");
+        assert_eq!(
+            attached_count(&w.root.path, t),
+            0,
+            "attach type {t} still attached"
+        );
     }
     // Nothing enforces any more: the unregistered host is reachable and the VIP
     // is a plain unroutable address.
     assert!(w.pod().connect(sa("198.18.0.13:22")).ok);
-    assert_eq!(w.pod().connect(sa("240.240.1.1:80")).errno, libc::ENETUNREACH);
+    assert_eq!(
+        w.pod().connect(sa("240.240.1.1:80")).errno,
+        libc::ENETUNREACH
+    );
     assert!(agent.log_text().contains("programs detached"));
 }

@@ -36,7 +36,7 @@ pub fn setup(with_runtime_tools: bool) -> Result<()> {
         bail!("setup installs packages and mounts bpffs: run it as root");
     }
     let mut apt = Apt::default();
-    apt.ensure(&["rustc-web", "cargo-web", "rust-web-src"])?;
+    apt.ensure(&["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy"])?;
     let llvm = debian_llvm_major()?;
     apt.ensure(&[&format!("llvm-{llvm}-dev"), "zlib1g-dev", "libzstd-dev"])?;
     if with_runtime_tools {
