@@ -1,20 +1,24 @@
 //! `egress-agent run`: read the configuration and the registry, load and fill the
-//! maps, attach, then keep the kernel in step until SIGTERM/SIGINT, when every
-//! program is detached.
+//! maps, attach, then keep the kernel in step with the files (hot reload, as a
+//! diff) and the workloads until SIGTERM/SIGINT, when every program is detached.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use crate::alloc::{self, Remembered};
 use crate::catalog::Catalog;
 use crate::compile::{Ids, compile};
 use crate::config::Config;
-use crate::istio::{self, Finding, Level};
+use crate::istio::{self, Level};
 use crate::loader::{self, LoadOptions, PolicyMaps};
 use crate::metrics::{self, Metrics, StatsPoller};
 use crate::registry::{self, Service};
+use crate::scope::SidecarScope;
+use crate::store::{LoadReport, Store};
 use crate::sync::Syncer;
 use crate::validate;
 use crate::workloads::{self, Workload};
@@ -29,7 +33,7 @@ pub enum AgentError {
     Sync(#[from] crate::sync::SyncError),
     #[error("reading ServiceEntries from {}: {source}", path.display())]
     Registry {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -37,54 +41,67 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
 }
 
-/// The registry read from the ServiceEntry directory.
-#[derive(Debug, Default)]
-pub struct RegistryLoad {
+/// What the compile step needs from the configuration files.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Merged, with automatic VIPs, in Service order.
     pub services: Vec<Service>,
-    pub findings: Vec<Finding>,
-    pub loaded: usize,
-    pub rejected: usize,
+    pub sidecars: Vec<SidecarScope>,
 }
 
-/// Reads, validates and converts every ServiceEntry below the configured directory.
-/// Invalid resources are left out, each with its findings.
-pub fn load_registry(config: &Config) -> Result<RegistryLoad, AgentError> {
+/// Validation settings from the agent configuration.
+pub fn validation_context(config: &Config) -> validate::Context {
+    validate::Context {
+        auto_allocate: config.istio_compat.auto_allocate,
+    }
+}
+
+/// Reads the configuration directory into `store` (last good versions kept) and
+/// builds the registry from what the store holds.
+pub fn reload(
+    config: &Config,
+    store: &mut Store,
+    remembered: &Remembered,
+) -> Result<(LoadReport, Registry, Remembered), AgentError> {
     let docs =
         istio::load_dir(&config.service_entry_dir).map_err(|source| AgentError::Registry {
             path: config.service_entry_dir.clone(),
             source,
         })?;
-    let ctx = validate::Context::default();
-    let mut out = RegistryLoad {
-        findings: docs.findings,
-        ..RegistryLoad::default()
-    };
-    out.rejected = out
-        .findings
-        .iter()
-        .filter(|f| f.level == Level::Error)
-        .count();
-    let mut services = Vec::new();
-    for se in &docs.service_entries {
-        let findings = validate::service_entry(se, &ctx);
-        let invalid = findings.iter().any(|f| f.level == Level::Error);
-        out.findings.extend(findings);
-        if invalid {
-            out.rejected += 1;
-        } else {
-            out.loaded += 1;
-            services.extend(registry::convert(se));
-        }
-    }
-    let (merged, warnings) = registry::merge(services);
+    let report = store.load(&docs, &validation_context(config));
+    let (registry, memory) = build_registry(config, store, remembered);
+    Ok((report, registry, memory))
+}
+
+/// Converts, merges and allocates the store's resources.
+pub fn build_registry(
+    config: &Config,
+    store: &Store,
+    remembered: &Remembered,
+) -> (Registry, Remembered) {
+    let converted = store
+        .service_entries
+        .values()
+        .flat_map(registry::convert)
+        .collect();
+    let (mut services, warnings) = registry::merge(converted);
     for w in warnings {
         warn!(namespace = %w.namespace, host = %w.host, service_entry = %w.se_name, "{}", w.message);
     }
-    out.services = merged;
-    Ok(out)
+    let memory = if config.istio_compat.auto_allocate {
+        alloc::allocate(&mut services, &config.vip_ranges, remembered)
+    } else {
+        Remembered::new()
+    };
+    let sidecars = store
+        .sidecars
+        .values()
+        .map(SidecarScope::from_resource)
+        .collect();
+    (Registry { services, sidecars }, memory)
 }
 
-fn report(load: &RegistryLoad, metrics: &Metrics) {
+fn report(load: &LoadReport, metrics: &Metrics) {
     for f in &load.findings {
         let kind = f.kind.as_deref().unwrap_or("");
         match f.level {
@@ -102,22 +119,64 @@ fn report(load: &RegistryLoad, metrics: &Metrics) {
                     .with_label_values(&[kind, &f.namespace, &f.name])
                     .inc();
             }
+            Level::Note => info!("{f}"),
         }
     }
+    for (key, _, _) in &load.stale {
+        let _ = key;
+    }
+    for (kind, ns, name) in &load.stale {
+        warn!(%kind, namespace = %ns, name = %name, "resource is invalid now: its last good version stays in force");
+    }
+    let c = &load.counts;
     metrics
         .resources
         .with_label_values(&["loaded"])
-        .set(load.loaded as i64);
+        .set(c.loaded as i64);
     metrics
         .resources
         .with_label_values(&["rejected"])
-        .set(load.rejected as i64);
+        .set(c.rejected as i64);
+    metrics
+        .resources
+        .with_label_values(&["stale"])
+        .set(c.stale as i64);
+    info!(
+        loaded = c.loaded,
+        rejected = c.rejected,
+        stale = c.stale,
+        "configuration read"
+    );
+}
+
+/// A cheap fingerprint of the YAML files (names, sizes, mtimes): a change means
+/// a reload is due even if a file-watch event was missed.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => walk(&path, out),
+                Ok(m) => out.push((path, m.len(), m.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out.sort();
+    out
 }
 
 /// The long-lived state of a running agent.
 struct State {
     config: Config,
-    registry: RegistryLoad,
+    store: Store,
+    registry: Registry,
+    remembered: Remembered,
     workloads: Vec<Workload>,
     ids: Ids,
     syncer: Syncer,
@@ -133,10 +192,15 @@ impl State {
         let desired = compile(
             &self.config,
             &self.registry.services,
+            &self.registry.sidecars,
             &self.workloads,
             &mut self.ids,
         );
-        *self.catalog.write().expect("catalog lock") = Catalog::from_ids(&self.ids);
+        let catalog = Catalog::from_ids(&self.ids);
+        if let Err(e) = catalog.write(&self.config.catalog_file()) {
+            warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
+        }
+        *self.catalog.write().expect("catalog lock") = catalog;
         let result = self.syncer.sync(&desired, &mut self.maps);
         let elapsed = started.elapsed();
         self.metrics
@@ -168,6 +232,27 @@ impl State {
         }
     }
 
+    /// Re-reads the configuration directory; keeps the old registry on failure.
+    fn reload(&mut self) -> bool {
+        match reload(&self.config, &mut self.store, &self.remembered) {
+            Ok((load, registry, memory)) => {
+                report(&load, &self.metrics);
+                self.registry = registry;
+                if memory != self.remembered {
+                    if let Err(e) = alloc::save_remembered(&self.config.vip_state_file(), &memory) {
+                        warn!(file = %self.config.vip_state_file().display(), "cannot save VIP allocations: {e}");
+                    }
+                    self.remembered = memory;
+                }
+                true
+            }
+            Err(e) => {
+                error!("reload failed, keeping the current registry: {e}");
+                false
+            }
+        }
+    }
+
     /// Re-resolves the workload cgroups (they may appear or go at any time).
     fn refresh_workloads(&mut self) -> bool {
         let (ok, errors) = workloads::resolve(&self.config.workloads);
@@ -186,14 +271,12 @@ impl State {
             policy = self.config.outbound.label(),
             cgroup = %self.config.cgroup_path.display(),
             services = self.registry.services.len(),
-            loaded = self.registry.loaded,
-            rejected = self.registry.rejected,
+            sidecars = self.registry.sidecars.len(),
             workloads = self.workloads.len(),
             "enforcing"
         );
         for s in &self.registry.services {
-            let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
-            let cidrs: Vec<String> = s.cidrs.iter().map(ToString::to_string).collect();
+            let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
             let ports: Vec<String> = s
                 .ports
                 .iter()
@@ -203,8 +286,8 @@ impl State {
                 namespace = %s.namespace,
                 host = %s.host,
                 resolution = s.resolution.as_str(),
-                vips = %vips.join(","),
-                cidrs = %cidrs.join(","),
+                vips = %list(&mut s.effective_vips().map(ToString::to_string)),
+                cidrs = %list(&mut s.cidrs.iter().map(ToString::to_string)),
                 ports = %ports.join(","),
                 endpoints = s.endpoints.len(),
                 "service"
@@ -222,6 +305,26 @@ impl State {
     }
 }
 
+/// Watches the configuration directory; each change sends a unit.
+fn watch(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| warn!("cannot watch files ({e}); polling every second instead"))
+    .ok()?;
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .map_err(
+            |e| warn!(dir = %dir.display(), "cannot watch ({e}); polling every second instead"),
+        )
+        .ok()?;
+    Some((watcher, rx))
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     crate::preflight::check(&config.cgroup_path)?;
@@ -235,16 +338,26 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigint = signal(SignalKind::interrupt())?;
 
     let metrics = Metrics::new();
-    let registry = load_registry(&config)?;
-    report(&registry, &metrics);
+    let mut store = Store::default();
+    let remembered = alloc::load_remembered(&config.vip_state_file());
+    let (load, registry, memory) = reload(&config, &mut store, &remembered)?;
+    report(&load, &metrics);
+    if memory != remembered
+        && let Err(e) = alloc::save_remembered(&config.vip_state_file(), &memory)
+    {
+        warn!(file = %config.vip_state_file().display(), "cannot save VIP allocations: {e}");
+    }
 
     let (mut loaded, maps, telemetry) = loader::load(LoadOptions {
         fail_open: config.fail_open,
+        pin_path: Some(config.pin_path()),
     })?;
     let catalog = Arc::new(RwLock::new(Catalog::default()));
     let mut state = State {
         config,
+        store,
         registry,
+        remembered: memory,
         workloads: Vec::new(),
         ids: Ids::default(),
         syncer: Syncer::new(),
@@ -289,12 +402,28 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
 
+    let dir = state.config.service_entry_dir.clone();
+    let (_watcher, mut changes) = match watch(&dir) {
+        Some((w, rx)) => (Some(w), rx),
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
+    let mut seen = fingerprint(&dir);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let mut due = false;
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            Some(()) = changes.recv() => {
+                // Let a burst of writes settle, then take them all at once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while changes.try_recv().is_ok() {}
+                due = true;
+            }
             _ = tick.tick() => {
+                if fingerprint(&dir) != seen {
+                    due = true;
+                }
                 if state.refresh_workloads()
                     && let Err(e) = state.sync()
                 {
@@ -302,10 +431,20 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 }
             }
         }
+        if due {
+            seen = fingerprint(&dir);
+            if state.reload()
+                && let Err(e) = state.sync()
+            {
+                error!("sync failed, will retry: {e}");
+            }
+        }
     }
     tasks.abort_all();
     let at = loaded.attached_at().map(|p| p.display().to_string());
     drop(loaded);
+    let _ = std::fs::remove_file(state.config.catalog_file());
+    let _ = std::fs::remove_dir(state.config.run_dir.join(&state.config.instance));
     info!(
         cgroup = at.as_deref().unwrap_or(""),
         "programs detached; exiting"

@@ -24,6 +24,12 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Enforce the registry until SIGTERM/SIGINT.
@@ -31,6 +37,37 @@ pub enum Command {
         /// Agent configuration (YAML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Validate Istio resources as Istio does. Exit status 0: valid (warnings are
+    /// printed), 1: something is invalid.
+    Validate {
+        /// Files or directories of YAML.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Validate as with `PILOT_ENABLE_IP_AUTOALLOCATE=false`.
+        #[arg(long)]
+        no_auto_allocate: bool,
+    },
+    /// Show how a connection would be classified, step by step, from the same
+    /// compiled state the kernel gets.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// NAMESPACE/WORKLOAD as in the config's `workloads:`.
+        #[arg(long)]
+        from: String,
+        /// HOST_OR_IP:PORT, with /udp for UDP.
+        #[arg(long)]
+        to: String,
+    },
+    /// Dump the live maps of a running agent in readable form.
+    Inspect {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 

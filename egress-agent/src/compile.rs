@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use crate::config::{Config, OutboundMode};
 use crate::model::{Location, Resolution};
 use crate::registry::{EndpointAddress, Service};
+use crate::scope::{SidecarScope, select_sidecar, view};
 use crate::workloads::Workload;
 
 /// The slots of a backend set: IPv4 backends first (`v4` of them), weights already
@@ -53,7 +54,7 @@ pub struct Desired {
 }
 
 /// Who a service id is, for metrics, events and inspection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceMeta {
     pub namespace: String,
     pub host: String,
@@ -63,7 +64,7 @@ pub struct ServiceMeta {
 }
 
 /// Who a workload id is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadMeta {
     pub namespace: String,
     pub name: String,
@@ -107,8 +108,13 @@ impl Ids {
         id
     }
 
-    fn view(&mut self, namespace: &str) -> u32 {
-        next_id(&mut self.views, namespace.to_owned())
+    fn view(&mut self, key: &str) -> u32 {
+        next_id(&mut self.views, key.to_owned())
+    }
+
+    /// View id → its key (`namespace` or `namespace|sidecar`).
+    pub fn view_names(&self) -> BTreeMap<u32, String> {
+        self.views.iter().map(|(k, v)| (*v, k.clone())).collect()
     }
 
     fn workload(&mut self, w: &Workload, policy: OutboundMode) -> u32 {
@@ -127,16 +133,6 @@ impl Ids {
         );
         id
     }
-}
-
-/// Is `s` visible from namespace `ns` (SPEC §5.1, default exportTo `*`)?
-pub fn visible(s: &Service, ns: &str) -> bool {
-    if s.export_to.is_empty() {
-        return true;
-    }
-    s.export_to
-        .iter()
-        .any(|e| e == "*" || e == ns || (e == "." && s.namespace == ns))
 }
 
 /// Expands endpoints (address, port, weight) into slots, IPv4 first.
@@ -198,6 +194,7 @@ pub fn prefix_on_v6(net: &IpNet) -> u32 {
 pub fn compile(
     config: &Config,
     services: &[Service],
+    sidecars: &[SidecarScope],
     workloads: &[Workload],
     ids: &mut Ids,
 ) -> Desired {
@@ -228,21 +225,29 @@ pub fn compile(
             });
     }
 
-    let mut flags = 0;
-    if config.outbound == OutboundMode::RegistryOnly {
-        flags |= WL_REGISTRY_ONLY;
-    }
-    if config.audit {
-        flags |= WL_AUDIT;
-    }
-    let mut views: BTreeMap<u32, String> = BTreeMap::new();
+    // One view per (namespace, Sidecar) that has a workload on this node.
+    let mut views: BTreeMap<u32, (String, Option<&SidecarScope>)> = BTreeMap::new();
     for w in workloads {
-        let view_id = ids.view(&w.config.namespace);
-        views.insert(view_id, w.config.namespace.clone());
+        let ns = &w.config.namespace;
+        let sidecar = select_sidecar(sidecars, ns, &w.config.labels, &config.root_namespace);
+        let view_key = match sidecar {
+            Some(sc) => format!("{ns}|{}/{}", sc.namespace, sc.name),
+            None => ns.clone(),
+        };
+        let view_id = ids.view(&view_key);
+        views.insert(view_id, (ns.clone(), sidecar));
+        let policy = sidecar.and_then(|sc| sc.policy).unwrap_or(config.outbound);
+        let mut flags = 0;
+        if policy == OutboundMode::RegistryOnly {
+            flags |= WL_REGISTRY_ONLY;
+        }
+        if config.audit {
+            flags |= WL_AUDIT;
+        }
         d.workloads.insert(
             w.cgroup_id,
             WorkloadValue {
-                workload_id: ids.workload(w, config.outbound),
+                workload_id: ids.workload(w, policy),
                 view_id,
                 flags,
                 _pad: 0,
@@ -250,12 +255,14 @@ pub fn compile(
         );
     }
 
-    let service_ids: Vec<u32> = services.iter().map(|s| ids.service(s)).collect();
-    for (view_id, ns) in &views {
-        for (s, &service_id) in services.iter().zip(&service_ids) {
-            if visible(s, ns) {
-                compile_service(&mut d, *view_id, s, service_id);
-            }
+    let service_ids: HashMap<(&str, &str), u32> = services
+        .iter()
+        .map(|s| ((s.namespace.as_str(), s.host_key.as_str()), ids.service(s)))
+        .collect();
+    for (view_id, (ns, sidecar)) in &views {
+        for (s, ports) in view(services, ns, *sidecar, &config.default_export_to) {
+            let id = service_ids[&(s.namespace.as_str(), s.host_key.as_str())];
+            compile_service(&mut d, *view_id, s, id, &ports);
         }
     }
     d
@@ -263,8 +270,8 @@ pub fn compile(
 
 /// Adds one service's entries to one view. Services arrive in Service order, so
 /// an address:port already taken keeps its first owner (Istio's "first wins").
-fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32) {
-    for port in &s.ports {
+fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32, ports: &[u16]) {
+    for port in s.ports.iter().filter(|p| ports.contains(&p.number)) {
         let proto = port.protocol.transport().proto();
         let endpoint_ips: Vec<(IpAddr, u16, u32)> = s
             .endpoints
@@ -295,7 +302,7 @@ fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32) 
             }
             Resolution::Static => {
                 let set = Arc::new(backend_set(endpoint_ips.clone()));
-                for ip in s.vips.iter().chain(&s.status_vips) {
+                for ip in s.effective_vips() {
                     let key = ServiceKey {
                         addr: to_addr(*ip),
                         view_id,
@@ -408,6 +415,7 @@ spec:
         let d = compile(
             &config("REGISTRY_ONLY"),
             &registry(STATIC_SE),
+            &[],
             &[workload(10, "shop", "web")],
             &mut ids,
         );
@@ -455,6 +463,7 @@ spec:
   ports: [{number: 443, name: tls, protocol: TLS, targetPort: 8443}, {number: 53, name: dns, protocol: UDP}]
 "#,
             ),
+            &[],
             &[workload(10, "shop", "web")],
             &mut ids,
         );
@@ -484,6 +493,7 @@ spec:
         let d = compile(
             &config("ALLOW_ANY"),
             &registry(&text),
+            &[],
             &[workload(10, "shop", "web"), workload(11, "other", "batch")],
             &mut ids,
         );
@@ -512,6 +522,7 @@ spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: 
         let d = compile(
             &config("ALLOW_ANY"),
             &registry(text),
+            &[],
             &[workload(1, "ops", "w")],
             &mut ids,
         );
@@ -534,12 +545,14 @@ spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: 
         let a = compile(
             &config("ALLOW_ANY"),
             &reg,
+            &[],
             &[workload(1, "ops", "w")],
             &mut ids,
         );
         let b = compile(
             &config("ALLOW_ANY"),
             &reg,
+            &[],
             &[workload(1, "ops", "w")],
             &mut ids,
         );

@@ -32,7 +32,7 @@ pub enum ConfigError {
 }
 
 /// Mesh-wide outbound policy for destinations not in the registry.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OutboundMode {
     /// Istio's default: unknown destinations pass untouched.
@@ -91,6 +91,63 @@ struct RawConfig {
     #[serde(default)]
     audit: bool,
     metrics_address: Option<SocketAddr>,
+    #[serde(default)]
+    istio_compat: IstioCompat,
+    #[serde(default)]
+    vip_ranges: VipRanges,
+    default_service_export_to: Option<Vec<String>>,
+    root_namespace: Option<String>,
+    instance: Option<String>,
+    state_dir: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+}
+
+/// Istio behaviours that can be switched (SPEC §7.1).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioCompat {
+    /// `PILOT_ENABLE_IP_AUTOALLOCATE`: address-less STATIC/DNS hosts get VIPs.
+    #[serde(default = "yes")]
+    pub auto_allocate: bool,
+}
+
+impl Default for IstioCompat {
+    fn default() -> Self {
+        Self {
+            auto_allocate: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct VipRanges {
+    #[serde(default = "default_v4_range")]
+    ipv4: String,
+    #[serde(default = "default_v6_range")]
+    ipv6: String,
+}
+
+impl Default for VipRanges {
+    fn default() -> Self {
+        Self {
+            ipv4: default_v4_range(),
+            ipv6: default_v6_range(),
+        }
+    }
+}
+
+fn default_v4_range() -> String {
+    "240.240.0.0/16".into()
+}
+
+fn default_v6_range() -> String {
+    "2001:2::/48".into()
 }
 
 /// The configuration the agent runs with, paths resolved and defaults applied.
@@ -115,12 +172,43 @@ pub struct Config {
     pub audit: bool,
     /// Prometheus `/metrics`, `/healthz`, `/readyz`; none when absent.
     pub metrics_address: Option<SocketAddr>,
+    pub istio_compat: IstioCompat,
+    /// Where automatic VIPs come from (SPEC §4.5).
+    pub vip_ranges: crate::alloc::Ranges,
+    /// `meshConfig.defaultServiceExportTo` (default `["*"]`).
+    pub default_export_to: Vec<String>,
+    /// `meshConfig.rootNamespace` (default `istio-system`): its selector-less
+    /// Sidecar applies to namespaces without their own.
+    pub root_namespace: String,
+    /// Names this agent's pins, state and run files (several agents may run).
+    pub instance: String,
+    /// Remembered VIP allocations live in `<stateDir>/<instance>/`.
+    pub state_dir: PathBuf,
+    /// Maps are pinned in `<pinDir>/<instance>/` for `egress-agent inspect`.
+    pub pin_dir: PathBuf,
+    /// The id → name catalog for `inspect` lives in `<runDir>/<instance>/`.
+    pub run_dir: PathBuf,
 }
 
 /// Loopback and link-local: the node talking to itself is never enforced.
 pub const DEFAULT_EXCLUDED: &[&str] = &["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"];
 
 impl Config {
+    /// The remembered VIP allocations.
+    pub fn vip_state_file(&self) -> PathBuf {
+        self.state_dir.join(&self.instance).join("vips.json")
+    }
+
+    /// Where this instance pins its maps.
+    pub fn pin_path(&self) -> PathBuf {
+        self.pin_dir.join(&self.instance)
+    }
+
+    /// The catalog written for `inspect`.
+    pub fn catalog_file(&self) -> PathBuf {
+        self.run_dir.join(&self.instance).join("catalog.json")
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -191,7 +279,49 @@ impl Config {
                 ));
             }
         }
+        let v4: ipnet::Ipv4Net = raw.vip_ranges.ipv4.parse().map_err(|_| {
+            invalid(
+                "vipRanges.ipv4",
+                format!("{:?} is not an IPv4 CIDR", raw.vip_ranges.ipv4),
+            )
+        })?;
+        if v4.prefix_len() > 24 {
+            return Err(invalid("vipRanges.ipv4", "must be a /24 or wider".into()));
+        }
+        let v6: ipnet::Ipv6Net = raw.vip_ranges.ipv6.parse().map_err(|_| {
+            invalid(
+                "vipRanges.ipv6",
+                format!("{:?} is not an IPv6 CIDR", raw.vip_ranges.ipv6),
+            )
+        })?;
+        if v6.prefix_len() > 96 {
+            return Err(invalid("vipRanges.ipv6", "must be a /96 or wider".into()));
+        }
+        let instance = raw.instance.unwrap_or_else(|| "default".into());
+        if instance.is_empty()
+            || !instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "instance",
+                format!("{instance:?}: use letters, digits, - and _"),
+            ));
+        }
         Ok(Config {
+            istio_compat: raw.istio_compat,
+            vip_ranges: crate::alloc::Ranges {
+                v4: v4.trunc(),
+                v6: v6.trunc(),
+            },
+            default_export_to: raw
+                .default_service_export_to
+                .unwrap_or_else(|| vec!["*".into()]),
+            root_namespace: raw.root_namespace.unwrap_or_else(|| "istio-system".into()),
+            instance,
+            state_dir: base.join(raw.state_dir.unwrap_or_else(|| "/var/lib/egress".into())),
+            pin_dir: raw.pin_dir.unwrap_or_else(|| "/sys/fs/bpf/egress".into()),
+            run_dir: raw.run_dir.unwrap_or_else(|| "/run/egress".into()),
             path: path.to_owned(),
             outbound: raw.outbound_traffic_policy.mode,
             cgroup_path,

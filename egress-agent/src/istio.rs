@@ -7,6 +7,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::traffic::{DestinationRuleSpec, SidecarSpec, VirtualServiceSpec};
 
 /// The API versions that all serve the same schema (SPEC §0).
 pub const API_VERSIONS: &[&str] = &[
@@ -76,10 +79,12 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Severity of a finding (SPEC §3.1).
+/// Severity of a finding (SPEC §3.1). A note is neither: a field Istio accepts that
+/// the agent does not enforce (an L7 setting), reported so nobody relies on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    Note,
     Warning,
     Error,
 }
@@ -104,6 +109,7 @@ pub struct Finding {
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = match self.level {
+            Level::Note => "note",
             Level::Warning => "warning",
             Level::Error => "error",
         };
@@ -212,10 +218,36 @@ pub struct ServiceEntry {
 #[derive(Debug, Default)]
 pub struct Documents {
     pub service_entries: Vec<Resource<ServiceEntry>>,
-    /// Kinds the agent recognises but does not enforce yet, by source.
-    pub other: Vec<(Kind, Source, Meta)>,
+    pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
+    pub virtual_services: Vec<Resource<VirtualServiceSpec>>,
+    pub sidecars: Vec<Resource<SidecarSpec>>,
     /// Problems found while reading (unparseable documents, unknown kinds).
     pub findings: Vec<Finding>,
+    /// Files that could not be read or parsed as YAML at all: what they held
+    /// before is unknown, so its last good version is kept.
+    pub broken_files: Vec<PathBuf>,
+}
+
+impl Documents {
+    /// (kind, namespace, name) of every resource read.
+    pub fn identities(&self) -> Vec<(Kind, String, String)> {
+        let id = |k, m: &Meta| (k, m.namespace.clone(), m.name.clone());
+        self.service_entries
+            .iter()
+            .map(|r| id(Kind::ServiceEntry, &r.meta))
+            .chain(
+                self.destination_rules
+                    .iter()
+                    .map(|r| id(Kind::DestinationRule, &r.meta)),
+            )
+            .chain(
+                self.virtual_services
+                    .iter()
+                    .map(|r| id(Kind::VirtualService, &r.meta)),
+            )
+            .chain(self.sidecars.iter().map(|r| id(Kind::Sidecar, &r.meta)))
+            .collect()
+    }
 }
 
 /// Reads every `*.yaml`/`*.yml` file below `dir` (sorted, recursively).
@@ -225,8 +257,18 @@ pub fn load_dir(dir: &Path) -> Result<Documents, std::io::Error> {
     files.sort();
     let mut docs = Documents::default();
     for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        parse_file(&file, &text, &mut docs);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parse_file(&file, &text, &mut docs),
+            Err(e) => {
+                let source = Source {
+                    file: file.clone(),
+                    doc: 0,
+                };
+                docs.findings
+                    .push(doc_error(&source, None, "", format!("cannot read: {e}")));
+                docs.broken_files.push(file);
+            }
+        }
     }
     Ok(docs)
 }
@@ -260,6 +302,7 @@ pub fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
             Err(e) => {
                 docs.findings
                     .push(doc_error(&source, None, "", format!("not valid YAML: {e}")));
+                docs.broken_files.push(file.to_owned());
                 // The YAML stream cannot be resynchronised after a syntax error.
                 return;
             }
@@ -373,51 +416,53 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
             }
         }
     }
-    match kind {
-        Kind::ServiceEntry => {
-            let spec_value = value
-                .get("spec")
-                .cloned()
-                .unwrap_or(serde_yaml::Value::Null);
-            if spec_value.is_null() {
-                let mut f = fail("spec", "Required value".into(), &meta);
-                f.rule = Some("SE-S1");
-                docs.findings.push(f);
-                return;
-            }
-            let spec: ServiceEntrySpec = match serde_path_to_error::deserialize(spec_value) {
-                Ok(s) => s,
-                Err(e) => {
-                    docs.findings.push(fail(
-                        &format!("spec.{}", e.path()),
-                        e.inner().to_string(),
-                        &meta,
-                    ));
-                    return;
-                }
-            };
-            let status = match value.get("status").cloned() {
-                None | Some(serde_yaml::Value::Null) => ServiceEntryStatus::default(),
-                Some(v) => match serde_path_to_error::deserialize(v) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        docs.findings.push(fail(
-                            &format!("status.{}", e.path()),
-                            e.inner().to_string(),
-                            &meta,
-                        ));
-                        return;
-                    }
-                },
-            };
-            docs.service_entries.push(Resource {
-                source,
-                api_version,
-                meta,
-                spec: ServiceEntry { spec, status },
-            });
+    let spec_value = value
+        .get("spec")
+        .cloned()
+        .unwrap_or(serde_yaml::Value::Null);
+    if spec_value.is_null() {
+        let mut f = fail("spec", "Required value".into(), &meta);
+        f.rule = (kind == Kind::ServiceEntry).then_some("SE-S1");
+        docs.findings.push(f);
+        return;
+    }
+    fn typed<T: DeserializeOwned>(
+        v: serde_yaml::Value,
+        prefix: &str,
+    ) -> Result<T, (String, String)> {
+        serde_path_to_error::deserialize(v)
+            .map_err(|e| (format!("{prefix}.{}", e.path()), e.inner().to_string()))
+    }
+    fn make<S>(source: &Source, api_version: &str, meta: &Meta, spec: S) -> Resource<S> {
+        Resource {
+            source: source.clone(),
+            api_version: api_version.to_owned(),
+            meta: meta.clone(),
+            spec,
         }
-        other => docs.other.push((other, source, meta)),
+    }
+    let (src, api) = (&source, api_version.as_str());
+    let result =
+        match kind {
+            Kind::ServiceEntry => typed(spec_value, "spec").and_then(|spec| {
+                let status = match value.get("status").cloned() {
+                    None | Some(serde_yaml::Value::Null) => ServiceEntryStatus::default(),
+                    Some(v) => typed(v, "status")?,
+                };
+                docs.service_entries
+                    .push(make(src, api, &meta, ServiceEntry { spec, status }));
+                Ok(())
+            }),
+            Kind::DestinationRule => typed(spec_value, "spec")
+                .map(|s| docs.destination_rules.push(make(src, api, &meta, s))),
+            Kind::VirtualService => typed(spec_value, "spec")
+                .map(|s| docs.virtual_services.push(make(src, api, &meta, s))),
+            Kind::Sidecar => {
+                typed(spec_value, "spec").map(|s| docs.sidecars.push(make(src, api, &meta, s)))
+            }
+        };
+    if let Err((field, message)) = result {
+        docs.findings.push(fail(&field, message, &meta));
     }
 }
 

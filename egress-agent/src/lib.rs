@@ -6,17 +6,25 @@
 //! (kernel); [`events`] and [`metrics`] carry what the kernel saw back out.
 
 pub mod agent;
+pub mod alloc;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod events;
+pub mod explain;
+pub mod inspect;
 pub mod istio;
 pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod preflight;
 pub mod registry;
+pub mod scope;
+pub mod store;
 pub mod sync;
+pub mod traffic;
 pub mod validate;
+pub mod validate_traffic;
 pub mod workloads;

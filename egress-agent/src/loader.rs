@@ -42,6 +42,8 @@ pub enum LoadError {
     },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("pinning {}: {reason}", path.display())]
+    Pin { path: PathBuf, reason: String },
     #[error("opening cgroup {}: {source}", path.display())]
     Cgroup {
         path: PathBuf,
@@ -66,29 +68,63 @@ pub struct TelemetryMaps {
     pub events: RingBuf<MapData>,
 }
 
-/// A loaded (not yet attached) set of programs. Dropping it detaches everything.
+/// A loaded (not yet attached) set of programs. Dropping it detaches everything
+/// and removes the pins.
 pub struct Loaded {
     ebpf: Ebpf,
     attached_at: Option<PathBuf>,
+    pin_path: Option<PathBuf>,
 }
 
 /// Settings fixed at load time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub fail_open: bool,
+    /// Pin every map in this directory (for `egress-agent inspect`).
+    pub pin_path: Option<PathBuf>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+fn take<T>(ebpf: &mut Ebpf, name: &'static str, pin: Option<&Path>) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    if let Some(dir) = pin {
+        map.pin(dir.join(name)).map_err(|e| LoadError::Pin {
+            path: dir.join(name),
+            reason: e.to_string(),
+        })?;
+    }
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Removes the pin files of `dir` (ours from an earlier run, or this run's).
+fn unpin_all(dir: &Path) {
+    for name in ALL_MAPS {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pin_path {
+            unpin_all(dir);
+        }
+    }
 }
 
 /// Loads the programs and maps into the kernel.
 pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
     let fail_open = u8::from(opts.fail_open);
+    let pin = opts.pin_path.as_deref();
+    if let Some(dir) = pin {
+        unpin_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| LoadError::Pin {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global("FAIL_OPEN", &fail_open, true)
         .load(EBPF_OBJECT)?;
@@ -105,21 +141,22 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
             .map_err(|source| LoadError::Program { name, source })?;
     }
     let policy = PolicyMaps {
-        workloads: take(&mut ebpf, WORKLOADS_MAP)?,
-        services: take(&mut ebpf, SERVICES_MAP)?,
-        backends: take(&mut ebpf, BACKENDS_MAP)?,
-        cidrs: take(&mut ebpf, CIDRS_MAP)?,
-        policy: take(&mut ebpf, POLICY_CIDRS_MAP)?,
+        workloads: take(&mut ebpf, WORKLOADS_MAP, pin)?,
+        services: take(&mut ebpf, SERVICES_MAP, pin)?,
+        backends: take(&mut ebpf, BACKENDS_MAP, pin)?,
+        cidrs: take(&mut ebpf, CIDRS_MAP, pin)?,
+        policy: take(&mut ebpf, POLICY_CIDRS_MAP, pin)?,
     };
     let telemetry = TelemetryMaps {
-        stats: take(&mut ebpf, STATS_MAP)?,
-        counters: take(&mut ebpf, COUNTERS_MAP)?,
-        events: take(&mut ebpf, EVENTS_MAP)?,
+        stats: take(&mut ebpf, STATS_MAP, pin)?,
+        counters: take(&mut ebpf, COUNTERS_MAP, pin)?,
+        events: take(&mut ebpf, EVENTS_MAP, pin)?,
     };
     Ok((
         Loaded {
             ebpf,
             attached_at: None,
+            pin_path: opts.pin_path.clone(),
         },
         policy,
         telemetry,

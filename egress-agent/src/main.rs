@@ -1,9 +1,12 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
-use egress_agent::cli::{Cli, Command, init_logging};
+use egress_agent::cli::{Cli, Command, Output, init_logging};
 use egress_agent::config::Config;
+use egress_agent::validate;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -15,7 +18,40 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the runtime")?;
             rt.block_on(egress_agent::agent::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            paths,
+            output,
+            no_auto_allocate,
+        } => {
+            let ctx = validate::Context {
+                auto_allocate: !no_auto_allocate,
+            };
+            let report = egress_agent::check::validate_paths(&paths, &ctx)?;
+            match output {
+                Output::Text => print!("{}", egress_agent::check::render_text(&report)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Explain { config, from, to } => {
+            let config = Config::load(&config)?;
+            print!("{}", egress_agent::explain::explain(&config, &from, &to)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { config, output } => {
+            let config = Config::load(&config)?;
+            let snap = egress_agent::inspect::snapshot(&config.pin_path(), &config.catalog_file())?;
+            match output {
+                Output::Text => print!("{}", egress_agent::inspect::render_text(&snap)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&snap)?),
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(())
 }

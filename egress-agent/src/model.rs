@@ -1,7 +1,19 @@
 //! Small vocabulary types of the registry: resolution, location, protocol.
 
 /// `spec.resolution` (SPEC §2.5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Resolution {
     #[default]
     None,
@@ -36,7 +48,19 @@ impl Resolution {
 }
 
 /// `spec.location` (SPEC §2.6): a metric label, never a reachability change.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Location {
     #[default]
     MeshExternal,

@@ -62,6 +62,10 @@ pub struct Service {
     pub cidrs: Vec<IpNet>,
     /// `status.addresses` for this host.
     pub status_vips: Vec<IpAddr>,
+    /// Allocated by the agent (SPEC §4.5) when eligible; see `alloc`.
+    pub auto_vips: Vec<IpAddr>,
+    /// Label `networking.istio.io/enable-autoallocate-ip: "false"`.
+    pub auto_allocate_opt_out: bool,
     pub ports: Vec<Port>,
     pub endpoints: Vec<Endpoint>,
     /// `exportTo` as written; empty means the mesh default.
@@ -70,6 +74,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Addresses that are this service's VIPs: explicit IPs, then `status`
+    /// addresses, then automatic ones (SPEC §7.3 "effective VIP set").
+    pub fn effective_vips(&self) -> impl Iterator<Item = &IpAddr> {
+        self.vips
+            .iter()
+            .chain(&self.status_vips)
+            .chain(&self.auto_vips)
+    }
+
     /// Istio's Service order (SPEC §4.6): creation time, host, namespace, SE name.
     pub fn order_key(&self) -> (i64, &str, &str, &str) {
         (
@@ -180,6 +193,8 @@ pub fn convert(res: &Resource<ServiceEntry>) -> Vec<Service> {
                 vips: vips.clone(),
                 cidrs: cidrs.clone(),
                 status_vips,
+                auto_vips: Vec::new(),
+                auto_allocate_opt_out: crate::validate::opted_out_of_auto_allocation(res),
                 ports: ports.clone(),
                 endpoints: endpoints.clone(),
                 export_to: spec.export_to.clone(),

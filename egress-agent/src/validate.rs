@@ -68,6 +68,11 @@ impl<'a, S> Findings<'a, S> {
         self.push(Level::Warning, rule, field, msg);
     }
 
+    /// A field accepted but not enforced.
+    pub fn note(&mut self, field: impl Into<String>, msg: impl Into<String>) {
+        self.push(Level::Note, "", field, msg);
+    }
+
     pub fn has_errors(&self) -> bool {
         self.list.iter().any(|f| f.level == Level::Error)
     }
@@ -325,13 +330,14 @@ pub fn service_entry(res: &Resource<ServiceEntry>, ctx: &Context) -> Vec<Finding
             f.error("SE-A1", field, "Too long: may not be longer than 64");
             continue;
         }
-        if a.contains('/') {
-            has_cidr = true;
+        has_cidr |= a.contains('/');
+        // Istio's ValidateIPSubnet: exactly one slash makes it a CIDR.
+        if a.matches('/').count() == 1 {
             if a.parse::<IpNet>().is_err() {
                 f.error("SE-A1", field, format!("{a:?} is not a valid CIDR block"));
             }
         } else if a.parse::<IpAddr>().is_err() {
-            f.error("SE-A1", field, format!("{a:?} is not a valid IP"));
+            f.error("SE-A1", field, format!("{a} is not a valid IP"));
         }
     }
     if has_cidr && !matches!(resolution, Resolution::None | Resolution::Static) {
@@ -608,7 +614,12 @@ pub fn service_entry(res: &Resource<ServiceEntry>, ctx: &Context) -> Vec<Finding
         }
     }
 
-    export_to(&mut f, &spec.export_to, &res.meta.namespace, true);
+    export_to(
+        &mut f,
+        &spec.export_to,
+        &res.meta.namespace,
+        ExportOf::ServiceEntry,
+    );
     f.list
 }
 
@@ -680,13 +691,22 @@ fn endpoint_ports_and_labels<S>(
     }
 }
 
-/// exportTo rules (SE-X1..X4; DR-14/VS-13 when `allow_none` is false).
-pub fn export_to<S>(f: &mut Findings<'_, S>, list: &[String], namespace: &str, allow_none: bool) {
+/// Whose exportTo is checked: ServiceEntries may export to no one (`~`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportOf {
+    ServiceEntry,
+    DestinationRule,
+    VirtualService,
+}
+
+/// exportTo rules (SE-X1..X4, DR-14, VS-13).
+pub fn export_to<S>(f: &mut Findings<'_, S>, list: &[String], namespace: &str, of: ExportOf) {
     let mut seen = BTreeSet::new();
-    let (dup, bad, public, none) = if allow_none {
-        ("SE-X1", "SE-X2", "SE-X3", "SE-X4")
-    } else {
-        ("DR-14", "DR-14", "DR-14", "DR-14")
+    let allow_none = of == ExportOf::ServiceEntry;
+    let (dup, bad, public, none) = match of {
+        ExportOf::ServiceEntry => ("SE-X1", "SE-X2", "SE-X3", "SE-X4"),
+        ExportOf::DestinationRule => ("DR-14", "DR-14", "DR-14", "DR-14"),
+        ExportOf::VirtualService => ("VS-13", "VS-13", "VS-13", "VS-13"),
     };
     for (i, e) in list.iter().enumerate() {
         let field = format!("spec.exportTo[{i}]");

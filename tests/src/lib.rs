@@ -511,9 +511,16 @@ impl World {
     pub fn start_agent(&self, mode: &str, extra: &str) -> Agent {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = self.dir.path().join("agent.yaml");
+        let instance = self
+            .root
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let mut text = format!(
             "outboundTrafficPolicy: {{mode: {mode}}}\ncgroupPath: {}\nserviceEntryDir: serviceentries\n\
-             metricsAddress: {metrics}\n",
+             metricsAddress: {metrics}\ninstance: {instance}\nstateDir: state\n",
             self.root.path.display()
         );
         if !extra.contains("workloads:") {
