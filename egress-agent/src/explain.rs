@@ -237,9 +237,8 @@ impl Dataplane for Sim<'_> {
 
     fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
         let dest = format!(
-            "{}:{}/{}",
-            from_addr(&key.addr),
-            key.port,
+            "{}/{}",
+            sock(from_addr(&key.addr), key.port),
             proto_name(key.proto)
         );
         match self.desired.services.get(key) {
@@ -326,6 +325,11 @@ impl Dataplane for Sim<'_> {
     }
 }
 
+/// `ip:port`, with IPv6 in brackets.
+fn sock(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
 fn proto_name(p: u8) -> &'static str {
     if p == PROTO_UDP { "udp" } else { "tcp" }
 }
@@ -409,8 +413,8 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
     for ip in ips {
         let _ = writeln!(
             out,
-            "\nconnect({ip}:{}/{}):",
-            target.port,
+            "\nconnect({}/{}):",
+            sock(ip, target.port),
             target.transport.as_str()
         );
         let sim = Sim::new(&desired, me.cgroup_id, &catalog);
@@ -443,7 +447,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
                         });
                         match sv.and_then(|t| t.set.as_ref()) {
                             Some(set) => format!(
-                                "rewritten to one of {} (random per connection)",
+                                "rewritten to one of {}, picked at random per connection",
                                 sim.describe_set(sim.set_ids[set])
                             ),
                             None => format!(
@@ -508,9 +512,9 @@ fn dns_answer(
                 let list: Vec<String> = vips.iter().map(ToString::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "DNS: {host} is {} in namespace {}: the agent answers {}",
-                    s.host,
+                    "DNS: {host} is a host of namespace {} ({}): the agent answers {}",
                     s.namespace,
+                    s.resolution.as_str(),
                     list.join(", ")
                 );
             }

@@ -225,6 +225,44 @@ pub struct ProbeResult {
     pub peer: Option<String>,
     /// Everything the server sent back.
     pub reply: String,
+    /// Wall-clock time of the attempt (`loop` mode).
+    #[serde(default)]
+    pub t_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A probe running `loop` in the background.
+pub struct ProbeLoop {
+    child: Child,
+}
+
+impl ProbeLoop {
+    pub fn start(place: &Place, addr: SocketAddr, millis: u64) -> Self {
+        let child = place
+            .command(probe_bin())
+            .args(["loop", &addr.to_string(), &millis.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start probe loop");
+        Self { child }
+    }
+
+    /// Waits for the loop to end and returns every attempt.
+    pub fn results(self) -> Vec<ProbeResult> {
+        let out = self.child.wait_with_output().expect("probe loop");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    }
 }
 
 pub const EPERM: i32 = libc::EPERM;
@@ -496,6 +534,29 @@ impl World {
             netns: self.net.pod.path(),
             cgroup: Some(self.pod.path.clone()),
         }
+    }
+
+    /// Another workload cgroup under the attach point, in the pod's netns.
+    pub fn extra_pod(&self, name: &str) -> (Cgroup, Place) {
+        let cg = self.root.child(name);
+        let place = Place {
+            netns: self.net.pod.path(),
+            cgroup: Some(cg.path.clone()),
+        };
+        (cg, place)
+    }
+
+    /// The agent configuration file `start_agent` writes.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("agent.yaml")
+    }
+
+    /// Runs an `egress-agent` subcommand (inspect, explain, validate).
+    pub fn agent_cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .args(args)
+            .output()
+            .expect("run egress-agent")
     }
 
     /// The pod's netns, but the test's own cgroup (outside the attach point).

@@ -3,6 +3,8 @@
 //!
 //! `egress-probe connect ADDR:PORT` — one connection.
 //! `egress-probe many ADDR:PORT N` — N sequential connections, one JSON per line.
+//! `egress-probe loop ADDR:PORT MILLIS` — connections back to back for MILLIS ms
+//! (at most 100 000), one JSON per line with the wall-clock time `t_ms`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,7 +32,7 @@ fn connect(addr: SocketAddr) -> serde_json::Value {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: egress-probe connect ADDR:PORT | many ADDR:PORT N";
+    let usage = "usage: egress-probe connect ADDR:PORT | many ADDR:PORT N | loop ADDR:PORT MILLIS";
     let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
     match args.get(1).map(String::as_str) {
         Some("connect") => println!("{}", connect(addr)),
@@ -38,6 +40,22 @@ fn main() {
             let n: usize = args.get(3).and_then(|n| n.parse().ok()).expect(usage);
             for _ in 0..n.min(10_000) {
                 println!("{}", connect(addr));
+            }
+        }
+        Some("loop") => {
+            let ms: u64 = args.get(3).and_then(|n| n.parse().ok()).expect(usage);
+            let until = std::time::Instant::now() + Duration::from_millis(ms.min(120_000));
+            let mut n = 0;
+            while std::time::Instant::now() < until && n < 100_000 {
+                let t_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64;
+                let mut v = connect(addr);
+                v["t_ms"] = t_ms.into();
+                println!("{v}");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         _ => panic!("{usage}"),
