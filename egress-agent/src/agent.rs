@@ -6,13 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::BTreeSet;
+
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::alloc::{self, Remembered};
 use crate::catalog::Catalog;
-use crate::compile::{Ids, compile};
+use crate::compile::{Ids, compile, dns_names};
 use crate::config::Config;
+use crate::dns::DnsTables;
+use crate::dns::resolver::{HickoryResolve, Resolved, Tracker};
 use crate::istio::{self, Level};
 use crate::loader::{self, LoadOptions, PolicyMaps};
 use crate::metrics::{self, Metrics, StatsPoller};
@@ -183,19 +188,35 @@ struct State {
     maps: PolicyMaps,
     catalog: Arc<RwLock<Catalog>>,
     metrics: Arc<Metrics>,
+    /// Answers of DNS endpoints, kept current by the resolver task.
+    resolved: Arc<RwLock<Resolved>>,
+    /// The names the resolver follows.
+    names: watch::Sender<BTreeSet<String>>,
+    /// The DNS proxy's tables.
+    dns_tables: watch::Sender<Arc<DnsTables>>,
 }
 
 impl State {
     /// Compiles the current registry and workloads and applies the diff.
     fn sync(&mut self) -> Result<(), AgentError> {
         let started = Instant::now();
+        let resolved = self.resolved.read().expect("resolved lock").clone();
         let desired = compile(
             &self.config,
             &self.registry.services,
             &self.registry.sidecars,
             &self.workloads,
+            &resolved,
             &mut self.ids,
         );
+        self.dns_tables.send_if_modified(|t| {
+            if **t == desired.dns_tables {
+                false
+            } else {
+                *t = Arc::new(desired.dns_tables.clone());
+                true
+            }
+        });
         let catalog = Catalog::from_ids(&self.ids);
         if let Err(e) = catalog.write(&self.config.catalog_file()) {
             warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
@@ -238,6 +259,12 @@ impl State {
             Ok((load, registry, memory)) => {
                 report(&load, &self.metrics);
                 self.registry = registry;
+                self.names.send_if_modified(|n| {
+                    let new = dns_names(&self.registry.services);
+                    let changed = *n != new;
+                    *n = new;
+                    changed
+                });
                 if memory != self.remembered {
                     if let Err(e) = alloc::save_remembered(&self.config.vip_state_file(), &memory) {
                         warn!(file = %self.config.vip_state_file().display(), "cannot save VIP allocations: {e}");
@@ -305,6 +332,26 @@ impl State {
     }
 }
 
+/// Removes learned destinations whose lifetime ended, every two seconds.
+async fn learned_gc(learned: Arc<std::sync::Mutex<loader::LearnedMap>>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = crate::events::boot_ns();
+        let mut map = learned.lock().expect("learned map lock");
+        let entries: Vec<_> = map.iter().flatten().collect();
+        let mut live = 0;
+        for (k, v) in entries {
+            if v.expires_ns <= now {
+                let _ = map.remove(&k);
+            } else {
+                live += 1;
+            }
+        }
+        metrics.dns_learned_entries.set(live);
+    }
+}
+
 /// Watches the configuration directory; each change sends a unit.
 fn watch(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
     use notify::Watcher;
@@ -353,6 +400,25 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         pin_path: Some(config.pin_path()),
     })?;
     let catalog = Arc::new(RwLock::new(Catalog::default()));
+
+    // Resolve DNS endpoints once before the first sync, so their VIPs work from
+    // the first connect(); the resolver task keeps them current from then on.
+    let resolver = Arc::new(
+        HickoryResolve::new(&config.resolver.upstream, config.resolver.timeout)
+            .map_err(|e| AgentError::Io(std::io::Error::other(format!("resolver: {e}"))))?,
+    );
+    let mut tracker = Tracker::new(config.resolver.settings);
+    let names = dns_names(&registry.services);
+    tracker.set_names(&names, Instant::now());
+    crate::dns::resolver::refresh(resolver.as_ref(), &mut tracker, &metrics).await;
+    let resolved = Arc::new(RwLock::new(tracker.resolved()));
+    metrics
+        .dns_resolved_names
+        .set(tracker.resolved().len() as i64);
+    let (names_tx, names_rx) = watch::channel(names);
+    let (dns_tx, dns_rx) = watch::channel(Arc::new(DnsTables::default()));
+    let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
+
     let mut state = State {
         config,
         store,
@@ -364,6 +430,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         maps,
         catalog: catalog.clone(),
         metrics: metrics.clone(),
+        resolved: resolved.clone(),
+        names: names_tx,
+        dns_tables: dns_tx,
     };
     state.refresh_workloads();
     for w in &state.config.workloads {
@@ -380,6 +449,44 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     state.log_enforcement();
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::dns::resolver::run(
+        resolver,
+        tracker,
+        names_rx,
+        resolved,
+        resolved_tx,
+        metrics.clone(),
+    ));
+    let learned = Arc::new(std::sync::Mutex::new(telemetry.learned));
+    if let Some(dns) = &state.config.dns {
+        let proxy = Arc::new(crate::dns::proxy::Proxy {
+            settings: dns.proxy.clone(),
+            tables: dns_rx,
+            learned: learned.clone(),
+            metrics: metrics.clone(),
+        });
+        for addr in &dns.proxy.listen {
+            let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+                AgentError::Io(std::io::Error::other(format!(
+                    "DNS proxy on udp {addr}: {e}"
+                )))
+            })?;
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                AgentError::Io(std::io::Error::other(format!(
+                    "DNS proxy on tcp {addr}: {e}"
+                )))
+            })?;
+            tasks.spawn(crate::dns::proxy::serve_udp(udp, proxy.clone()));
+            tasks.spawn(crate::dns::proxy::serve_tcp(tcp, proxy.clone()));
+        }
+        info!(
+            listen = ?dns.proxy.listen,
+            upstream = ?dns.proxy.upstream,
+            capture = dns.capture,
+            "DNS proxy serving"
+        );
+    }
+    tasks.spawn(learned_gc(learned, metrics.clone()));
     tasks.spawn(async move {
         if let Err(e) = crate::events::run(telemetry.events, catalog.clone()).await {
             error!("event reader stopped: {e}");
@@ -419,6 +526,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while changes.try_recv().is_ok() {}
                 due = true;
+            }
+            Some(()) = resolved_rx.recv() => {
+                if let Err(e) = state.sync() {
+                    error!("sync failed, will retry: {e}");
+                }
             }
             _ = tick.tick() => {
                 if fingerprint(&dir) != seen {

@@ -1,7 +1,7 @@
 //! The pure step from the registry and workloads to the dataplane's desired state:
 //! the exact `#[repr(C)]` entries each map should hold. No kernel here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use egress_common::*;
 use ipnet::IpNet;
 
 use crate::config::{Config, OutboundMode};
+use crate::dns::resolver::Resolved;
+use crate::dns::table::{DnsClient, DnsTables, HostDns, ViewDns};
 use crate::model::{Location, Resolution};
 use crate::registry::{EndpointAddress, Service};
 use crate::scope::{SidecarScope, select_sidecar, view};
@@ -44,13 +46,105 @@ pub struct CidrTarget {
 pub type CidrLpm = (u32, CidrKey);
 pub type PolicyLpm = (u32, IpKey);
 
-/// The desired content of every policy map.
+/// The desired content of every policy map, and the DNS proxy's tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub workloads: HashMap<u64, WorkloadValue>,
     pub services: HashMap<ServiceKey, ServiceTarget>,
     pub cidrs: HashMap<CidrLpm, CidrTarget>,
     pub policy_cidrs: HashMap<PolicyLpm, PolicyCidrValue>,
+    /// [`DNS_MAP`]: where workloads' DNS goes.
+    pub dns: DnsConfig,
+    /// What the DNS proxy answers, per view.
+    pub dns_tables: DnsTables,
+}
+
+/// The names the resolver must follow: the hostname endpoints of DNS and
+/// DNS_ROUND_ROBIN services, or the service host when it has no endpoints.
+pub fn dns_names(services: &[Service]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for s in services {
+        if !matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            continue;
+        }
+        if s.endpoints.is_empty() {
+            if !s.is_wildcard() {
+                out.insert(s.host_key.clone());
+            }
+            continue;
+        }
+        for e in &s.endpoints {
+            if let EndpointAddress::Host(h) = &e.address {
+                out.insert(crate::registry::host_key(h));
+            }
+        }
+    }
+    out
+}
+
+/// The (address, endpoint port, weight) list of one service port (SPEC §4.2,
+/// §7.4 step 4): STATIC endpoints as written; DNS endpoints (or the host itself)
+/// expanded to every address of their current answer; DNS_ROUND_ROBIN the first.
+fn endpoint_ips(
+    s: &Service,
+    port: &crate::registry::Port,
+    resolved: &Resolved,
+) -> Vec<(IpAddr, u16, u32)> {
+    let own_port = port.target_port.unwrap_or(port.number);
+    let answer = |name: &str| resolved.get(&crate::registry::host_key(name));
+    let all = |a: &crate::dns::resolver::Answer| -> Vec<IpAddr> {
+        a.v4.iter()
+            .map(|ip| IpAddr::V4(*ip))
+            .chain(a.v6.iter().map(|ip| IpAddr::V6(*ip)))
+            .collect()
+    };
+    let first = |a: &crate::dns::resolver::Answer| -> Vec<IpAddr> {
+        a.v4.first()
+            .map(|ip| IpAddr::V4(*ip))
+            .or_else(|| a.v6.first().map(|ip| IpAddr::V6(*ip)))
+            .into_iter()
+            .collect()
+    };
+    match s.resolution {
+        Resolution::Static => s
+            .endpoints
+            .iter()
+            .filter_map(|e| match e.address {
+                EndpointAddress::Ip(ip) => Some((ip, e.targets[&port.number], e.weight)),
+                _ => None,
+            })
+            .collect(),
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let pick = if s.resolution == Resolution::Dns {
+                all
+            } else {
+                first
+            };
+            if s.endpoints.is_empty() {
+                return answer(&s.host)
+                    .map(|a| pick(a).into_iter().map(|ip| (ip, own_port, 1)).collect())
+                    .unwrap_or_default();
+            }
+            let mut out = Vec::new();
+            for e in &s.endpoints {
+                let target = e.targets[&port.number];
+                match &e.address {
+                    EndpointAddress::Ip(ip) => out.push((*ip, target, e.weight)),
+                    EndpointAddress::Host(h) => {
+                        if let Some(a) = answer(h) {
+                            out.extend(pick(a).into_iter().map(|ip| (ip, target, e.weight)));
+                        }
+                    }
+                    _ => {}
+                }
+                if s.resolution == Resolution::DnsRoundRobin && !out.is_empty() {
+                    break;
+                }
+            }
+            out
+        }
+        Resolution::None | Resolution::DynamicDns => Vec::new(),
+    }
 }
 
 /// Who a service id is, for metrics, events and inspection.
@@ -196,9 +290,26 @@ pub fn compile(
     services: &[Service],
     sidecars: &[SidecarScope],
     workloads: &[Workload],
+    resolved: &Resolved,
     ids: &mut Ids,
 ) -> Desired {
     let mut d = Desired::default();
+    if let Some(dns) = &config.dns {
+        let v4 = dns
+            .proxy
+            .listen
+            .iter()
+            .find(|a| a.is_ipv4())
+            .expect("validated");
+        let v6 = dns.proxy.listen.iter().find(|a| a.is_ipv6());
+        d.dns = DnsConfig {
+            proxy_v4: to_addr(v4.ip()),
+            proxy_v6: v6.map(|a| to_addr(a.ip())).unwrap_or_default(),
+            port: v4.port(),
+            flags: if dns.capture { DNS_CAPTURE } else { 0 }
+                | if v6.is_some() { DNS_HAS_V6 } else { 0 },
+        };
+    }
     for net in &config.excluded_cidrs {
         d.policy_cidrs.insert(
             (
@@ -244,15 +355,25 @@ pub fn compile(
         if config.audit {
             flags |= WL_AUDIT;
         }
+        let workload_id = ids.workload(w, policy);
         d.workloads.insert(
             w.cgroup_id,
             WorkloadValue {
-                workload_id: ids.workload(w, policy),
+                workload_id,
                 view_id,
                 flags,
                 _pad: 0,
             },
         );
+        if let Some(ip) = w.config.ip {
+            d.dns_tables.clients.insert(
+                ip,
+                DnsClient {
+                    workload_id,
+                    view_id,
+                },
+            );
+        }
     }
 
     let service_ids: HashMap<(&str, &str), u32> = services
@@ -260,27 +381,81 @@ pub fn compile(
         .map(|s| ((s.namespace.as_str(), s.host_key.as_str()), ids.service(s)))
         .collect();
     for (view_id, (ns, sidecar)) in &views {
+        let mut names = ViewDns::default();
         for (s, ports) in view(services, ns, *sidecar, &config.default_export_to) {
             let id = service_ids[&(s.namespace.as_str(), s.host_key.as_str())];
-            compile_service(&mut d, *view_id, s, id, &ports);
+            compile_service(&mut d, *view_id, s, id, &ports, resolved);
+            add_names(&mut names, s, id, &ports);
         }
+        // Most specific wildcard first; equal lengths keep Service order.
+        names
+            .wildcards
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        d.dns_tables.views.insert(*view_id, names);
     }
     d
 }
 
+/// What the DNS proxy answers for `s` in one view (SPEC §7.5): explicit IP
+/// addresses or automatic VIPs answer locally (CIDRs never do); otherwise the
+/// name is forwarded and its answer learned on the service's imported ports.
+fn add_names(names: &mut ViewDns, s: &Service, service_id: u32, ports: &[u16]) {
+    let vips: Vec<IpAddr> = s.effective_vips().copied().collect();
+    let learn: Vec<(u16, u8)> = s
+        .ports
+        .iter()
+        .filter(|p| ports.contains(&p.number))
+        // SPEC §7.3 step 4: with a VIP only HTTP-family ports match by name.
+        .filter(|p| vips.is_empty() || p.protocol.is_http())
+        .map(|p| (p.number, p.protocol.transport().proto()))
+        .collect();
+    let host = HostDns {
+        host: s.host.clone(),
+        service_id,
+        v4: vips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        v6: vips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(a) => Some(*a),
+                IpAddr::V4(_) => None,
+            })
+            .collect(),
+        learn,
+    };
+    if !host.answers_locally() && host.learn.is_empty() {
+        return;
+    }
+    match s.host_key.strip_prefix('*') {
+        Some(suffix) => {
+            if !names.wildcards.iter().any(|(x, _)| x == suffix) {
+                names.wildcards.push((suffix.to_owned(), host));
+            }
+        }
+        None => {
+            names.exact.entry(s.host_key.clone()).or_insert(host);
+        }
+    }
+}
+
 /// Adds one service's entries to one view. Services arrive in Service order, so
 /// an address:port already taken keeps its first owner (Istio's "first wins").
-fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32, ports: &[u16]) {
+fn compile_service(
+    d: &mut Desired,
+    view_id: u32,
+    s: &Service,
+    service_id: u32,
+    ports: &[u16],
+    resolved: &Resolved,
+) {
     for port in s.ports.iter().filter(|p| ports.contains(&p.number)) {
         let proto = port.protocol.transport().proto();
-        let endpoint_ips: Vec<(IpAddr, u16, u32)> = s
-            .endpoints
-            .iter()
-            .filter_map(|e| match e.address {
-                EndpointAddress::Ip(ip) => Some((ip, e.targets[&port.number], e.weight)),
-                _ => None,
-            })
-            .collect();
+        let endpoint_ips = endpoint_ips(s, port, resolved);
         match s.resolution {
             Resolution::None => {
                 let target_port = port.target_port.unwrap_or(0);
@@ -300,7 +475,7 @@ fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32, 
                         });
                 }
             }
-            Resolution::Static => {
+            Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
                 let set = Arc::new(backend_set(endpoint_ips.clone()));
                 for ip in s.effective_vips() {
                     let key = ServiceKey {
@@ -341,9 +516,9 @@ fn compile_service(d: &mut Desired, view_id: u32, s: &Service, service_id: u32, 
                     });
                 }
             }
-            // DNS-resolved and dynamic services are compiled once their answers are
-            // known (DNS support); until then they contribute nothing.
-            Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {}
+            // Dynamic DNS needs the SNI or Host header: matched by learned
+            // addresses only (deviation D4).
+            Resolution::DynamicDns => {}
         }
     }
 }
@@ -417,6 +592,7 @@ spec:
             &registry(STATIC_SE),
             &[],
             &[workload(10, "shop", "web")],
+            &Resolved::default(),
             &mut ids,
         );
         let wl = d.workloads[&10];
@@ -465,6 +641,7 @@ spec:
             ),
             &[],
             &[workload(10, "shop", "web")],
+            &Resolved::default(),
             &mut ids,
         );
         assert_eq!(d.cidrs.len(), 4);
@@ -495,6 +672,7 @@ spec:
             &registry(&text),
             &[],
             &[workload(10, "shop", "web"), workload(11, "other", "batch")],
+            &Resolved::default(),
             &mut ids,
         );
         let shop = d.workloads[&10].view_id;
@@ -524,6 +702,7 @@ spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: 
             &registry(text),
             &[],
             &[workload(1, "ops", "w")],
+            &Resolved::default(),
             &mut ids,
         );
         let vip = d
@@ -547,6 +726,7 @@ spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: 
             &reg,
             &[],
             &[workload(1, "ops", "w")],
+            &Resolved::default(),
             &mut ids,
         );
         let b = compile(
@@ -554,6 +734,7 @@ spec: {hosts: [z.example], addresses: [240.240.9.9], resolution: STATIC, ports: 
             &reg,
             &[],
             &[workload(1, "ops", "w")],
+            &Resolved::default(),
             &mut ids,
         );
         assert_eq!(a, b);

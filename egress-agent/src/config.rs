@@ -101,6 +101,55 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
+    dns: Option<RawDns>,
+    #[serde(default)]
+    resolver: RawResolver,
+}
+
+/// `dns:` — the proxy workloads' queries are redirected to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDns {
+    /// Addresses the proxy listens on (UDP and TCP); workloads must reach them
+    /// (the node's address). The first IPv4 and first IPv6 one receive the
+    /// redirected queries.
+    listen: Vec<SocketAddr>,
+    /// Redirect every workload query to port 53 to the proxy (default true).
+    capture: Option<bool>,
+    /// Upstream resolvers for forwarded names (default: `resolver.upstream`).
+    upstream: Option<Vec<SocketAddr>>,
+    vip_ttl: Option<String>,
+    learned_min_ttl: Option<String>,
+    learned_max_ttl: Option<String>,
+    upstream_timeout: Option<String>,
+}
+
+/// `resolver:` — the agent's own resolution of DNS endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawResolver {
+    /// Default: the nameservers of /etc/resolv.conf.
+    upstream: Option<Vec<SocketAddr>>,
+    min_ttl: Option<String>,
+    max_ttl: Option<String>,
+    stale_limit: Option<String>,
+    retry: Option<String>,
+    timeout: Option<String>,
+}
+
+/// The DNS proxy settings, when `dns:` is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub capture: bool,
+    pub proxy: crate::dns::proxy::Settings,
+}
+
+/// The resolver settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverConfig {
+    pub upstream: Vec<SocketAddr>,
+    pub settings: crate::dns::resolver::Settings,
+    pub timeout: std::time::Duration,
 }
 
 /// Istio behaviours that can be switched (SPEC §7.1).
@@ -188,6 +237,9 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// The id → name catalog for `inspect` lives in `<runDir>/<instance>/`.
     pub run_dir: PathBuf,
+    /// The DNS proxy; none when `dns:` is absent (no capture).
+    pub dns: Option<DnsSettings>,
+    pub resolver: ResolverConfig,
 }
 
 /// Loopback and link-local: the node talking to itself is never enforced.
@@ -308,7 +360,82 @@ impl Config {
                 format!("{instance:?}: use letters, digits, - and _"),
             ));
         }
+        let duration = |field: &str,
+                        v: &Option<String>,
+                        default: u64|
+         -> Result<std::time::Duration, ConfigError> {
+            match v {
+                None => Ok(std::time::Duration::from_millis(default)),
+                Some(s) => crate::validate_traffic::parse_duration(s)
+                    .filter(|ns| *ns >= 0)
+                    .map(|ns| std::time::Duration::from_nanos(ns as u64))
+                    .ok_or_else(|| {
+                        invalid(
+                            field,
+                            format!("{s:?} is not a duration (e.g. 30s, 500ms, 1h)"),
+                        )
+                    }),
+            }
+        };
+        let r = &raw.resolver;
+        let resolver = ResolverConfig {
+            upstream: r
+                .upstream
+                .clone()
+                .unwrap_or_else(crate::dns::resolver::system_upstream),
+            settings: crate::dns::resolver::Settings {
+                min_ttl: duration("resolver.minTtl", &r.min_ttl, 5_000)?,
+                max_ttl: duration("resolver.maxTtl", &r.max_ttl, 300_000)?,
+                stale_limit: duration("resolver.staleLimit", &r.stale_limit, 3_600_000)?,
+                retry: duration("resolver.retry", &r.retry, 5_000)?,
+            },
+            timeout: duration("resolver.timeout", &r.timeout, 2_000)?,
+        };
+        let dns = match &raw.dns {
+            None => None,
+            Some(d) => {
+                if d.listen.is_empty() {
+                    return Err(invalid(
+                        "dns.listen",
+                        "at least one address is required".into(),
+                    ));
+                }
+                if !d.listen.iter().any(SocketAddr::is_ipv4) {
+                    return Err(invalid("dns.listen", "an IPv4 address is required".into()));
+                }
+                if d.listen.iter().any(|a| a.port() != d.listen[0].port()) {
+                    return Err(invalid(
+                        "dns.listen",
+                        "every address must use the same port".into(),
+                    ));
+                }
+                Some(DnsSettings {
+                    capture: d.capture.unwrap_or(true),
+                    proxy: crate::dns::proxy::Settings {
+                        listen: d.listen.clone(),
+                        upstream: d
+                            .upstream
+                            .clone()
+                            .unwrap_or_else(|| resolver.upstream.clone()),
+                        vip_ttl: duration("dns.vipTtl", &d.vip_ttl, 30_000)?.as_secs() as u32,
+                        learned_min_ttl: duration("dns.learnedMinTtl", &d.learned_min_ttl, 30_000)?,
+                        learned_max_ttl: duration(
+                            "dns.learnedMaxTtl",
+                            &d.learned_max_ttl,
+                            3_600_000,
+                        )?,
+                        upstream_timeout: duration(
+                            "dns.upstreamTimeout",
+                            &d.upstream_timeout,
+                            2_000,
+                        )?,
+                    },
+                })
+            }
+        };
         Ok(Config {
+            dns,
+            resolver,
             istio_compat: raw.istio_compat,
             vip_ranges: crate::alloc::Ranges {
                 v4: v4.trunc(),

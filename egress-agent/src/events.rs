@@ -33,8 +33,8 @@ pub struct Record {
     pub matched: &'static str,
 }
 
-/// `CLOCK_BOOTTIME` now, in nanoseconds.
-fn boot_ns() -> u64 {
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the clock of `bpf_ktime_get_boot_ns`).
+pub fn boot_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -317,6 +317,20 @@ impl Dataplane for Sim<'_> {
         }
     }
 
+    fn dns(&self) -> Option<DnsConfig> {
+        (self.desired.dns.flags & DNS_CAPTURE != 0).then_some(self.desired.dns)
+    }
+
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        let _ = key;
+        self.note(
+            "learned table: depends on this workload's live DNS answers (see `inspect`); \
+             assumed not learned"
+                .into(),
+        );
+        None
+    }
+
     fn backend(&self, key: &BackendKey) -> Option<Backend> {
         self.sets
             .get(key.set_id.wrapping_sub(1) as usize)
@@ -368,11 +382,14 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
             ExplainError::NoWorkload(from.to_owned(), config.path.display().to_string())
         })?;
     let mut ids = Ids::default();
+    // Resolve DNS endpoints now, as the agent would.
+    let resolved = resolve_now(config, &registry);
     let desired = compile(
         config,
         &registry.services,
         &registry.sidecars,
         &workloads,
+        &resolved,
         &mut ids,
     );
     let catalog = Catalog::from_ids(&ids);
@@ -424,6 +441,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
             proto: target.transport.proto(),
             v4_socket: ip.is_ipv4(),
             random: 0,
+            now_ns: 0,
         };
         let result = decide::classify(&sim, &c);
         for (i, step) in sim.trace.borrow().iter().enumerate() {
@@ -431,8 +449,12 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         }
         let verdict = match result {
             Ok(Outcome::Untouched) => {
-                "untouched (excluded destination: not enforced, not counted)".to_owned()
+                "untouched (excluded destination, or DNS to the agent's proxy)".to_owned()
             }
+            Ok(Outcome::Dns(b)) => format!(
+                "DNS query: redirected to the agent's DNS proxy at {}",
+                sock(from_addr(&b.addr), b.port)
+            ),
             Err(e) => format!("program error ({e:?}): the failure verdict applies"),
             Ok(Outcome::Decided(d)) => {
                 let what = match d.action {
@@ -483,6 +505,31 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         let _ = writeln!(out, "  verdict: {verdict}");
     }
     Ok(out)
+}
+
+/// One resolution round of every DNS endpoint name (empty when it fails).
+fn resolve_now(config: &Config, registry: &Registry) -> crate::dns::resolver::Resolved {
+    use crate::dns::resolver::{HickoryResolve, Tracker};
+    let names = crate::compile::dns_names(&registry.services);
+    if names.is_empty() {
+        return Default::default();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Default::default();
+    };
+    rt.block_on(async {
+        let Ok(r) = HickoryResolve::new(&config.resolver.upstream, config.resolver.timeout) else {
+            return Default::default();
+        };
+        let mut t = Tracker::new(config.resolver.settings);
+        t.set_names(&names, std::time::Instant::now());
+        let metrics = crate::metrics::Metrics::new();
+        crate::dns::resolver::refresh(&r, &mut t, &metrics).await;
+        t.resolved()
+    })
 }
 
 /// What the agent's DNS proxy would answer for `host` in this view (SPEC §7.5).

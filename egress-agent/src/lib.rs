@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod dns;
 pub mod events;
 pub mod explain;
 pub mod inspect;

@@ -4,7 +4,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key};
+use aya::maps::{
+    Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use egress_common::*;
@@ -22,6 +24,10 @@ pub const PROGRAMS: &[&str] = &[
     "egress_connect6",
     "egress_getpeername4",
     "egress_getpeername6",
+    "egress_sendmsg4",
+    "egress_sendmsg6",
+    "egress_recvmsg4",
+    "egress_recvmsg6",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -59,13 +65,18 @@ pub struct PolicyMaps {
     backends: HashMap<MapData, BackendKey, Backend>,
     cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
     policy: LpmTrie<MapData, IpKey, PolicyCidrValue>,
+    dns: Array<MapData, DnsConfig>,
 }
+
+/// The learned-destination map, written by the DNS proxy alone.
+pub type LearnedMap = HashMap<MapData, LearnedKey, LearnedValue>;
 
 /// The maps the programs write, read by the telemetry tasks.
 pub struct TelemetryMaps {
     pub stats: PerCpuHashMap<MapData, StatKey, u64>,
     pub counters: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
+    pub learned: LearnedMap,
 }
 
 /// A loaded (not yet attached) set of programs. Dropping it detaches everything
@@ -146,11 +157,13 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         backends: take(&mut ebpf, BACKENDS_MAP, pin)?,
         cidrs: take(&mut ebpf, CIDRS_MAP, pin)?,
         policy: take(&mut ebpf, POLICY_CIDRS_MAP, pin)?,
+        dns: take(&mut ebpf, DNS_MAP, pin)?,
     };
     let telemetry = TelemetryMaps {
         stats: take(&mut ebpf, STATS_MAP, pin)?,
         counters: take(&mut ebpf, COUNTERS_MAP, pin)?,
         events: take(&mut ebpf, EVENTS_MAP, pin)?,
+        learned: take(&mut ebpf, LEARNED_MAP, pin)?,
     };
     Ok((
         Loaded {
@@ -247,6 +260,9 @@ impl MapWriter for PolicyMaps {
     }
     fn del_policy(&mut self, (prefix, k): PolicyLpm) -> Result<(), SyncError> {
         removed(self.policy.remove(&Key::new(prefix, k)), POLICY_CIDRS_MAP)
+    }
+    fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError> {
+        self.dns.set(0, v, 0).map_err(map_err("write to", DNS_MAP))
     }
 }
 

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use egress_common::{Action, Counter, MatchKind, PROTO_UDP, Reason, StatKey};
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::catalog::Catalog;
 
@@ -41,6 +44,12 @@ pub struct Metrics {
     pub map_entries: IntGaugeVec,
     pub syncs: IntCounterVec,
     pub sync_duration_us: IntGauge,
+    pub dns_queries: IntCounterVec,
+    pub dns_upstream_seconds: Histogram,
+    pub dns_learned_entries: IntGauge,
+    pub dns_resolutions: IntCounterVec,
+    pub dns_stale: IntGauge,
+    pub dns_resolved_names: IntGauge,
     pub ready: AtomicBool,
 }
 
@@ -105,6 +114,49 @@ impl Metrics {
             "Duration of the last dataplane sync",
         )
         .expect("valid metric");
+        let dns_queries = IntCounterVec::new(
+            Opts::new(
+                "egress_dns_queries_total",
+                "Workload DNS queries by result: vip (answered locally), forwarded, learned \
+                 (forwarded, addresses learned), servfail, malformed, learn_failed",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let dns_upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "egress_dns_upstream_seconds",
+                "Latency of forwarded queries to the upstream resolver",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let dns_learned_entries = IntGauge::new(
+            "egress_dns_learned_entries",
+            "Destinations workloads may use because a DNS answer named a registry host",
+        )
+        .expect("valid metric");
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "egress_dns_resolutions_total",
+                "Resolutions of DNS/DNS_ROUND_ROBIN endpoints by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let dns_stale = IntGauge::new(
+            "egress_dns_stale_answers",
+            "Names served from their last good answer because resolution fails",
+        )
+        .expect("valid metric");
+        let dns_resolved_names = IntGauge::new(
+            "egress_dns_resolved_names",
+            "Names of DNS/DNS_ROUND_ROBIN endpoints with a usable answer",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(kernel_counters.clone()),
@@ -114,6 +166,12 @@ impl Metrics {
             Box::new(map_entries.clone()),
             Box::new(syncs.clone()),
             Box::new(sync_duration_us.clone()),
+            Box::new(dns_queries.clone()),
+            Box::new(dns_upstream_seconds.clone()),
+            Box::new(dns_learned_entries.clone()),
+            Box::new(dns_resolutions.clone()),
+            Box::new(dns_stale.clone()),
+            Box::new(dns_resolved_names.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -127,6 +185,12 @@ impl Metrics {
             map_entries,
             syncs,
             sync_duration_us,
+            dns_queries,
+            dns_upstream_seconds,
+            dns_learned_entries,
+            dns_resolutions,
+            dns_stale,
+            dns_resolved_names,
             ready: AtomicBool::new(false),
         })
     }

@@ -23,6 +23,7 @@ pub trait MapWriter {
     fn del_cidr(&mut self, k: CidrLpm) -> Result<(), SyncError>;
     fn put_policy(&mut self, k: PolicyLpm, v: PolicyCidrValue) -> Result<(), SyncError>;
     fn del_policy(&mut self, k: PolicyLpm) -> Result<(), SyncError>;
+    fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,7 @@ pub struct Syncer {
     policy: HashMap<PolicyLpm, PolicyCidrValue>,
     sets: HashMap<Arc<BackendSet>, u32>,
     next_set: u32,
+    dns: Option<DnsConfig>,
 }
 
 impl Syncer {
@@ -112,6 +114,12 @@ impl Syncer {
                 None => (0, 0, 0),
             }
         };
+
+        if self.dns != Some(desired.dns) {
+            w.put_dns(desired.dns)?;
+            self.dns = Some(desired.dns);
+            st.written += 1;
+        }
 
         // 2. Upserts, the workloads last so a new workload starts with its view.
         let mut policy_puts = Vec::new();
@@ -321,6 +329,9 @@ pub mod tests {
             self.policy.remove(&k);
             Ok(())
         }
+        fn put_dns(&mut self, _v: DnsConfig) -> Result<(), SyncError> {
+            Ok(())
+        }
     }
 
     fn key(port: u16) -> ServiceKey {
@@ -371,7 +382,7 @@ pub mod tests {
         let mut m = MemMaps::default();
         let d = desired(&[(80, set(&["192.0.2.1"]))]);
         let first = s.sync(&d, &mut m).unwrap();
-        assert_eq!(first.written, 3);
+        assert_eq!(first.written, 4, "backend, service, workload, DNS settings");
         m.log.clear();
         let again = s.sync(&d, &mut m).unwrap();
         assert_eq!(again, SyncStats::default());

@@ -19,6 +19,9 @@ pub trait Dataplane {
     /// Longest-prefix match in [`CIDRS_MAP`] with the full key (prefix = all bits).
     fn cidr(&self, key: &CidrKey) -> Option<CidrValue>;
     fn backend(&self, key: &BackendKey) -> Option<Backend>;
+    /// The DNS capture settings ([`DNS_MAP`]), if configured.
+    fn dns(&self) -> Option<DnsConfig>;
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue>;
 }
 
 /// One `connect()` as the hook sees it.
@@ -33,6 +36,8 @@ pub struct Connect {
     pub v4_socket: bool,
     /// A uniformly random number for the backend pick.
     pub random: u32,
+    /// `CLOCK_BOOTTIME` now, in nanoseconds (for learned-entry expiry).
+    pub now_ns: u64,
 }
 
 /// A classified `connect()`.
@@ -54,6 +59,8 @@ pub enum Outcome {
     /// Not an enforced workload, or an excluded destination: leave it alone, count
     /// nothing.
     Untouched,
+    /// A workload's DNS query: send it to the agent's proxy at this address.
+    Dns(Backend),
     Decided(Decision),
 }
 
@@ -91,6 +98,12 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     let Some(workload) = find_workload(d) else {
         return Ok(Outcome::Untouched);
     };
+    if c.port == DNS_PORT
+        && let Some(dns) = d.dns()
+        && dns.flags & DNS_CAPTURE != 0
+    {
+        return Ok(dns_redirect(&dns, c));
+    }
     let policy = d.policy_cidr(&c.addr);
     let mut cluster = false;
     if let Some(p) = policy {
@@ -149,6 +162,21 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         return Ok(Outcome::Decided(decision));
     }
 
+    let lkey = LearnedKey {
+        addr: c.addr,
+        workload_id: workload.workload_id,
+        port: c.port,
+        proto: c.proto,
+        _pad: 0,
+    };
+    if let Some(l) = d.learned(&lkey)
+        && l.expires_ns > c.now_ns
+    {
+        decision.service_id = l.service_id;
+        decision.matched = MatchKind::Dns;
+        return Ok(Outcome::Decided(decision));
+    }
+
     if cluster {
         decision.reason = Reason::ClusterInternal;
         return Ok(Outcome::Decided(decision));
@@ -158,6 +186,21 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     }
     decision.reason = Reason::AllowAny;
     Ok(Outcome::Decided(decision))
+}
+
+/// Where a DNS query goes: the proxy itself is left alone (queries to it always
+/// pass); anything else on port 53 is sent to the proxy of the socket's family.
+#[inline(always)]
+fn dns_redirect(dns: &DnsConfig, c: &Connect) -> Outcome {
+    if c.addr == dns.proxy_v4 || (dns.flags & DNS_HAS_V6 != 0 && c.addr == dns.proxy_v6) {
+        return Outcome::Untouched;
+    }
+    let use_v6 = !c.v4_socket && !crate::addr::is_v4_mapped(&c.addr) && dns.flags & DNS_HAS_V6 != 0;
+    Outcome::Dns(Backend {
+        addr: if use_v6 { dns.proxy_v6 } else { dns.proxy_v4 },
+        port: dns.port,
+        _pad: [0; 2],
+    })
 }
 
 /// Rewrites to a random slot of a backend set; an empty set refuses.
@@ -240,6 +283,8 @@ mod tests {
         services: HashMap<ServiceKey, ServiceValue>,
         cidrs: Vec<(u32, CidrKey, CidrValue)>,
         backends: HashMap<BackendKey, Backend>,
+        dns: Option<DnsConfig>,
+        learned: HashMap<LearnedKey, LearnedValue>,
     }
 
     fn masked(a: &Addr, bits: u32) -> Addr {
@@ -286,6 +331,12 @@ mod tests {
         }
         fn backend(&self, key: &BackendKey) -> Option<Backend> {
             self.backends.get(key).copied()
+        }
+        fn dns(&self) -> Option<DnsConfig> {
+            self.dns
+        }
+        fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+            self.learned.get(key).copied()
         }
     }
 
@@ -388,6 +439,7 @@ mod tests {
             proto: PROTO_TCP,
             v4_socket: crate::addr::is_v4_mapped(&ad),
             random,
+            now_ns: 1_000,
         }
     }
 
@@ -570,6 +622,94 @@ mod tests {
             classify(&f, &conn("240.240.0.1", 80, 0)),
             Err(Error::MissingBackend)
         );
+    }
+
+    fn with_dns(mut f: Fake) -> Fake {
+        f.dns = Some(DnsConfig {
+            proxy_v4: a("198.18.0.1"),
+            proxy_v6: a("2001:db8::1"),
+            port: 53,
+            flags: DNS_CAPTURE | DNS_HAS_V6,
+        });
+        f
+    }
+
+    #[test]
+    fn dns_queries_go_to_the_proxy_of_the_right_family() {
+        let f = with_dns(world(WL_REGISTRY_ONLY));
+        let proxy = |o: Result<Outcome, Error>| match o {
+            Ok(Outcome::Dns(b)) => (b.addr, b.port),
+            other => panic!("expected a redirect, got {other:?}"),
+        };
+        assert_eq!(
+            proxy(classify(&f, &conn("10.255.255.53", 53, 0))),
+            (a("198.18.0.1"), 53)
+        );
+        // Loopback resolvers too: DNS capture comes before the excluded CIDRs.
+        assert_eq!(
+            proxy(classify(&f, &conn("127.0.0.53", 53, 0))),
+            (a("198.18.0.1"), 53)
+        );
+        assert_eq!(
+            proxy(classify(&f, &conn("2001:4860::8888", 53, 0))),
+            (a("2001:db8::1"), 53)
+        );
+        let mut c = conn("192.0.2.53", 53, 0);
+        c.v4_socket = false;
+        assert_eq!(
+            proxy(classify(&f, &c)),
+            (a("198.18.0.1"), 53),
+            "v4-mapped on a v6 socket"
+        );
+        // The proxy itself always passes; other ports are not DNS.
+        assert_eq!(
+            classify(&f, &conn("198.18.0.1", 53, 0)),
+            Ok(Outcome::Untouched)
+        );
+        assert_eq!(
+            decided(classify(&f, &conn("192.0.2.53", 54, 0))).action,
+            Action::Deny
+        );
+        // Not a workload: not captured.
+        let mut g = with_dns(world(WL_REGISTRY_ONLY));
+        g.cgroup = 5;
+        assert_eq!(
+            classify(&g, &conn("192.0.2.53", 53, 0)),
+            Ok(Outcome::Untouched)
+        );
+    }
+
+    #[test]
+    fn learned_destinations_allow_until_they_expire() {
+        let mut f = world(WL_REGISTRY_ONLY);
+        f.learned.insert(
+            LearnedKey {
+                addr: a("192.0.2.9"),
+                workload_id: 7,
+                port: 443,
+                proto: PROTO_TCP,
+                _pad: 0,
+            },
+            LearnedValue {
+                service_id: 11,
+                _pad: 0,
+                expires_ns: 5_000,
+            },
+        );
+        let d = decided(classify(&f, &conn("192.0.2.9", 443, 0)));
+        assert_eq!(
+            (d.action, d.matched, d.service_id),
+            (Action::Allow, MatchKind::Dns, 11)
+        );
+        // Other port of the same address: not learned.
+        assert_eq!(
+            decided(classify(&f, &conn("192.0.2.9", 80, 0))).action,
+            Action::Deny
+        );
+        // Expired.
+        let mut c = conn("192.0.2.9", 443, 0);
+        c.now_ns = 5_000;
+        assert_eq!(decided(classify(&f, &c)).action, Action::Deny);
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub const STATS_MAP: &str = "EGRESS_STATS";
 pub const COUNTERS_MAP: &str = "EGRESS_COUNTERS";
 /// Ring buffer of [`Event`]: denials and audited attempts.
 pub const EVENTS_MAP: &str = "EGRESS_EVENTS";
+/// Array of one [`DnsConfig`]: where workloads' DNS queries are sent.
+pub const DNS_MAP: &str = "EGRESS_DNS";
+/// LRU [`UdpNatKey`] → [`OrigDest`]-like [`UdpNatValue`]: replies of redirected UDP
+/// are made to come from the address the application sent to.
+pub const UDP_NAT_MAP: &str = "EGRESS_UDPNAT";
+/// [`LearnedKey`] → [`LearnedValue`]: destinations a workload learned from DNS.
+pub const LEARNED_MAP: &str = "EGRESS_LEARNED";
 
 /// Every map the programs define, for checks and inspection.
 pub const ALL_MAPS: &[&str] = &[
@@ -42,6 +49,9 @@ pub const ALL_MAPS: &[&str] = &[
     STATS_MAP,
     COUNTERS_MAP,
     EVENTS_MAP,
+    DNS_MAP,
+    UDP_NAT_MAP,
+    LEARNED_MAP,
 ];
 
 /// Capacities. The agent may raise them at load time (`EbpfLoader::map_max_entries`).
@@ -53,6 +63,11 @@ pub const POLICY_CIDRS_MAX: u32 = 4_096;
 pub const SOCK_ORIG_MAX: u32 = 262_144;
 pub const STATS_MAX: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const UDP_NAT_MAX: u32 = 262_144;
+pub const LEARNED_MAX: u32 = 262_144;
+
+/// Well-known DNS port.
+pub const DNS_PORT: u16 = 53;
 
 /// How many cgroup levels above a socket's cgroup are searched for its workload.
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -197,10 +212,18 @@ pub enum Counter {
     StatsFull = 5,
     /// A rewritten socket's original destination could not be recorded.
     SockOrigFull = 6,
+    ErrSendmsg4 = 7,
+    ErrSendmsg6 = 8,
+    ErrRecvmsg4 = 9,
+    ErrRecvmsg6 = 10,
+    /// A DNS query was redirected to the agent's proxy.
+    DnsRedirected = 11,
+    /// A redirected UDP flow's reply mapping could not be recorded.
+    UdpNatFull = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -209,6 +232,12 @@ impl Counter {
         Self::EventsDropped,
         Self::StatsFull,
         Self::SockOrigFull,
+        Self::ErrSendmsg4,
+        Self::ErrSendmsg6,
+        Self::ErrRecvmsg4,
+        Self::ErrRecvmsg6,
+        Self::DnsRedirected,
+        Self::UdpNatFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -220,6 +249,12 @@ impl Counter {
             Self::EventsDropped => "events_dropped",
             Self::StatsFull => "stats_full",
             Self::SockOrigFull => "sock_orig_full",
+            Self::ErrSendmsg4 => "sendmsg4_errors",
+            Self::ErrSendmsg6 => "sendmsg6_errors",
+            Self::ErrRecvmsg4 => "recvmsg4_errors",
+            Self::ErrRecvmsg6 => "recvmsg6_errors",
+            Self::DnsRedirected => "dns_redirected",
+            Self::UdpNatFull => "udp_nat_full",
         }
     }
 }
@@ -383,6 +418,72 @@ pub struct OrigDest {
 }
 const _: () = assert!(size_of::<OrigDest>() == 36);
 
+/// [`DnsConfig::flags`]: capture workloads' DNS (port 53, UDP and TCP).
+pub const DNS_CAPTURE: u16 = 1;
+/// [`DnsConfig::flags`]: `proxy_v6` is set.
+pub const DNS_HAS_V6: u16 = 2;
+
+/// Value of [`DNS_MAP`] (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsConfig {
+    /// The proxy's IPv4 address, v4-mapped.
+    pub proxy_v4: Addr,
+    /// The proxy's IPv6 address (if `DNS_HAS_V6`).
+    pub proxy_v6: Addr,
+    /// Host byte order.
+    pub port: u16,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<DnsConfig>() == 36);
+
+/// Key of [`UDP_NAT_MAP`]: a socket and the address its datagrams were sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpNatKey {
+    pub cookie: u64,
+    /// Where the kernel sent the datagram (the rewritten address).
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<UdpNatKey>() == 32);
+
+/// Value of [`UDP_NAT_MAP`]: what the application sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpNatValue {
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<UdpNatValue>() == 20);
+
+/// Key of [`LEARNED_MAP`]: one destination a workload may use because its DNS
+/// answer named a host of its view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    pub addr: Addr,
+    pub workload_id: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<LearnedKey>() == 24);
+
+/// Value of [`LEARNED_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedValue {
+    pub service_id: u32,
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer counts.
+    pub expires_ns: u64,
+}
+const _: () = assert!(size_of::<LearnedValue>() == 16);
+
 /// Key of [`STATS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -447,4 +548,9 @@ mod pod {
     unsafe impl aya::Pod for OrigDest {}
     unsafe impl aya::Pod for StatKey {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for DnsConfig {}
+    unsafe impl aya::Pod for UdpNatKey {}
+    unsafe impl aya::Pod for UdpNatValue {}
+    unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for LearnedValue {}
 }

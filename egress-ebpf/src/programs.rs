@@ -12,7 +12,9 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::SockAddrContext,
 };
 use egress_common::{
@@ -44,6 +46,14 @@ static EGRESS_STATS: PerCpuHashMap<StatKey, u64> =
 static EGRESS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
 static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static EGRESS_DNS: Array<DnsConfig> = Array::with_max_entries(1, 0);
+#[map]
+static EGRESS_UDPNAT: LruHashMap<UdpNatKey, UdpNatValue> =
+    LruHashMap::with_max_entries(UDP_NAT_MAX, 0);
+#[map]
+static EGRESS_LEARNED: HashMap<LearnedKey, LearnedValue> =
+    HashMap::with_max_entries(LEARNED_MAX, BPF_F_NO_PREALLOC);
 
 /// Load-time global: 1 lets a `connect()` through when the program fails internally,
 /// 0 (the default) refuses it. Set by the agent with `EbpfLoader::set_global`.
@@ -119,6 +129,17 @@ impl Dataplane for Kernel {
     fn backend(&self, key: &BackendKey) -> Option<Backend> {
         // SAFETY: the value is copied out immediately.
         unsafe { EGRESS_BACKENDS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn dns(&self) -> Option<DnsConfig> {
+        EGRESS_DNS.get(0).copied()
+    }
+
+    #[inline(always)]
+    fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
+        // SAFETY: the value is copied out immediately.
+        unsafe { EGRESS_LEARNED.get(key).copied() }
     }
 }
 
@@ -232,25 +253,88 @@ fn read_port(ctx: &SockAddrContext) -> u16 {
 }
 
 #[inline(always)]
-fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
-    // SAFETY: ctx field read.
-    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
-    if proto != PROTO_TCP {
-        return Ok(VERDICT_ALLOW);
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: helper reading the socket behind ctx.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Remembers where a redirected UDP socket's datagrams really go, so replies can
+/// be made to come from the address the application used.
+#[inline(always)]
+fn remember_udp(ctx: &SockAddrContext, to: &Backend, orig: &Addr, orig_port: u16) {
+    let key = UdpNatKey {
+        cookie: cookie(ctx),
+        addr: to.addr,
+        port: to.port,
+        _pad: [0; 6],
+    };
+    let value = UdpNatValue {
+        addr: *orig,
+        port: orig_port,
+        _pad: [0; 2],
+    };
+    if EGRESS_UDPNAT.insert(key, value, 0).is_err() {
+        bump(Counter::UdpNatFull);
     }
-    let addr = read_addr(ctx, family);
-    let c = Connect {
-        addr,
+}
+
+/// Remembers a connected socket's original peer for getpeername().
+#[inline(always)]
+fn remember_peer(ctx: &SockAddrContext, to: &Backend, orig: &Addr, orig_port: u16) {
+    let value = OrigDest {
+        orig_addr: *orig,
+        backend_addr: to.addr,
+        orig_port,
+        backend_port: to.port,
+    };
+    if EGRESS_SOCKORIG.insert(cookie(ctx), value, 0).is_err() {
+        bump(Counter::SockOrigFull);
+    }
+}
+
+/// Reads the destination of a connect/sendmsg.
+#[inline(always)]
+fn destination(ctx: &SockAddrContext, family: Family, proto: u8) -> Connect {
+    Connect {
+        addr: read_addr(ctx, family),
         port: read_port(ctx),
         proto,
         v4_socket: family == Family::V4,
-        // SAFETY: helper without arguments.
+        // SAFETY: helpers without arguments.
         random: unsafe { bpf_get_prandom_u32() },
-    };
+        // SAFETY: as above.
+        now_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
+    // SAFETY: ctx field read.
+    let proto = unsafe { (*ctx.sock_addr).protocol } as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(VERDICT_ALLOW);
+    }
+    let c = destination(ctx, family, proto);
+    // Only DNS is handled for UDP here; other UDP passes.
+    if proto == PROTO_UDP && c.port != DNS_PORT {
+        return Ok(VERDICT_ALLOW);
+    }
     let d = match decide::classify(&Kernel, &c)? {
         Outcome::Untouched => return Ok(VERDICT_ALLOW),
+        Outcome::Dns(to) => {
+            remember_peer(ctx, &to, &c.addr, c.port);
+            if proto == PROTO_UDP {
+                remember_udp(ctx, &to, &c.addr, c.port);
+            }
+            write_addr(ctx, family, &to.addr, to.port);
+            bump(Counter::DnsRedirected);
+            return Ok(VERDICT_ALLOW);
+        }
         Outcome::Decided(d) => d,
     };
+    if proto == PROTO_UDP {
+        return Ok(VERDICT_ALLOW);
+    }
     count(&decide::stat_key(&d, &c));
     let fam = if family == Family::V4 { 4 } else { 6 };
     match d.action {
@@ -261,17 +345,7 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
             if family == Family::V4 && !is_v4_mapped(&d.backend.addr) {
                 return Err(decide::Error::MissingBackend);
             }
-            // SAFETY: helper reading the socket behind ctx.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let orig = OrigDest {
-                orig_addr: addr,
-                backend_addr: d.backend.addr,
-                orig_port: c.port,
-                backend_port: d.backend.port,
-            };
-            if EGRESS_SOCKORIG.insert(cookie, orig, 0).is_err() {
-                bump(Counter::SockOrigFull);
-            }
+            remember_peer(ctx, &d.backend, &c.addr, c.port);
             write_addr(ctx, family, &d.backend.addr, d.backend.port);
             Ok(VERDICT_ALLOW)
         }
@@ -284,6 +358,73 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
             Ok(VERDICT_DENY)
         }
     }
+}
+
+/// Unconnected UDP sends: DNS queries go to the proxy.
+#[inline(always)]
+fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
+    let c = destination(ctx, family, PROTO_UDP);
+    if c.port != DNS_PORT {
+        return Ok(VERDICT_ALLOW);
+    }
+    if let Outcome::Dns(to) = decide::classify(&Kernel, &c)? {
+        remember_udp(ctx, &to, &c.addr, c.port);
+        write_addr(ctx, family, &to.addr, to.port);
+        bump(Counter::DnsRedirected);
+    }
+    Ok(VERDICT_ALLOW)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg(&ctx, Family::V4) {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::ErrSendmsg4);
+            connect_fail_verdict()
+        }
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg(&ctx, Family::V6) {
+        Ok(v) => v,
+        Err(_) => {
+            bump(Counter::ErrSendmsg6);
+            connect_fail_verdict()
+        }
+    }
+}
+
+/// Replies of redirected UDP appear to come from where the application sent.
+#[inline(always)]
+fn try_recvmsg(ctx: &SockAddrContext, family: Family) -> i32 {
+    let key = UdpNatKey {
+        cookie: cookie(ctx),
+        addr: read_addr(ctx, family),
+        port: read_port(ctx),
+        _pad: [0; 6],
+    };
+    // SAFETY: the value is copied out immediately.
+    if let Some(orig) = unsafe { EGRESS_UDPNAT.get(key).copied() } {
+        if family == Family::V4 && !is_v4_mapped(&orig.addr) {
+            bump(Counter::ErrRecvmsg4);
+            return VERDICT_PASS;
+        }
+        write_addr(ctx, family, &orig.addr, orig.port);
+    }
+    VERDICT_PASS
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn egress_recvmsg4(ctx: SockAddrContext) -> i32 {
+    try_recvmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
+    try_recvmsg(&ctx, Family::V6)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -310,10 +451,8 @@ pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_getpeername(ctx: &SockAddrContext, family: Family) -> Result<i32, ()> {
-    // SAFETY: helper reading the socket behind ctx.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out immediately.
-    let Some(orig) = (unsafe { EGRESS_SOCKORIG.get(cookie).copied() }) else {
+    let Some(orig) = (unsafe { EGRESS_SOCKORIG.get(cookie(ctx)).copied() }) else {
         return Ok(VERDICT_PASS);
     };
     let peer = read_addr(ctx, family);

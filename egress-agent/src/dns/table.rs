@@ -1,0 +1,108 @@
+//! What the DNS proxy answers, per view: compiled with the maps, from the same
+//! views, so a name resolves exactly to what that workload may use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One registry host as the proxy sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostDns {
+    /// The host as written.
+    pub host: String,
+    pub service_id: u32,
+    /// VIPs to answer with, without asking upstream (empty: forward upstream).
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+    /// When forwarded: the (port, protocol) pairs an answer's addresses become
+    /// usable on, for the asking workload (SPEC §7.3 step 4).
+    pub learn: Vec<(u16, u8)>,
+}
+
+impl HostDns {
+    pub fn answers_locally(&self) -> bool {
+        !self.v4.is_empty() || !self.v6.is_empty()
+    }
+}
+
+/// The names of one view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewDns {
+    /// Exact hosts by matching key (lower case, no trailing dot).
+    pub exact: HashMap<String, HostDns>,
+    /// Wildcard hosts by suffix (`*.example.com` → `.example.com`; a partial
+    /// wildcard `*foo.com` → `foo.com`), most specific (longest) first.
+    pub wildcards: Vec<(String, HostDns)>,
+}
+
+impl ViewDns {
+    /// The host a name belongs to: an exact host beats a wildcard, the most
+    /// specific wildcard beats shorter ones (SPEC §3.2, §7.3).
+    pub fn lookup(&self, name: &str) -> Option<&HostDns> {
+        let key = crate::registry::host_key(name);
+        if let Some(h) = self.exact.get(&key) {
+            return Some(h);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| key.ends_with(suffix.as_str()) && key.len() > suffix.len())
+            .map(|(_, h)| h)
+    }
+}
+
+/// A workload the proxy can recognise by its source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsClient {
+    pub workload_id: u32,
+    pub view_id: u32,
+}
+
+/// Everything the proxy needs, replaced after each compile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsTables {
+    pub clients: HashMap<IpAddr, DnsClient>,
+    pub views: BTreeMap<u32, ViewDns>,
+}
+
+impl DnsTables {
+    /// The view of the workload at `ip`, if it is a known workload.
+    pub fn client(&self, ip: IpAddr) -> Option<(DnsClient, &ViewDns)> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let c = *self.clients.get(&ip)?;
+        Some((c, self.views.get(&c.view_id)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, id: u32) -> HostDns {
+        HostDns {
+            host: name.into(),
+            service_id: id,
+            ..HostDns::default()
+        }
+    }
+
+    #[test]
+    fn exact_beats_wildcards_and_longest_wildcard_wins() {
+        let mut v = ViewDns::default();
+        v.exact
+            .insert("api.example.com".into(), host("api.example.com", 1));
+        v.wildcards = vec![
+            (".eu.example.com".into(), host("*.eu.example.com", 2)),
+            (".example.com".into(), host("*.example.com", 3)),
+        ];
+        assert_eq!(v.lookup("API.example.com.").unwrap().service_id, 1);
+        assert_eq!(v.lookup("x.eu.example.com").unwrap().service_id, 2);
+        assert_eq!(v.lookup("a.b.example.com").unwrap().service_id, 3);
+        assert!(
+            v.lookup("example.com").is_none(),
+            "*.example.com does not match example.com"
+        );
+        assert!(v.lookup("other.org").is_none());
+    }
+}
