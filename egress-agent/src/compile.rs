@@ -365,7 +365,7 @@ pub fn compile(
                 _pad: 0,
             },
         );
-        if let Some(ip) = w.config.ip {
+        for ip in w.config.addresses() {
             d.dns_tables.clients.insert(
                 ip,
                 DnsClient {
@@ -566,6 +566,7 @@ mod tests {
                 name: name.into(),
                 labels: Default::default(),
                 ip: None,
+                ips: vec![],
             },
         }
     }

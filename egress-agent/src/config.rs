@@ -71,6 +71,9 @@ pub struct WorkloadConfig {
     /// The workload's IP (used for DNS and traffic attribution).
     #[serde(default)]
     pub ip: Option<IpAddr>,
+    /// More addresses of the workload (dual stack).
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
 }
 
 /// The file as written by the user.
@@ -244,6 +247,13 @@ pub struct Config {
 
 /// Loopback and link-local: the node talking to itself is never enforced.
 pub const DEFAULT_EXCLUDED: &[&str] = &["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"];
+
+impl WorkloadConfig {
+    /// Every address of the workload.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip.into_iter().chain(self.ips.iter().copied())
+    }
+}
 
 impl Config {
     /// The remembered VIP allocations.

@@ -69,6 +69,7 @@ mod tests {
             name: "web".into(),
             labels: Default::default(),
             ip: None,
+            ips: vec![],
         };
         let (ok, err) = resolve(&[cfg]);
         assert!(ok.is_empty());

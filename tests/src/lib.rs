@@ -4,6 +4,7 @@
 //! created with unique names and removed on drop, also when a test fails.
 
 pub mod bpf;
+pub mod dns;
 pub mod server;
 
 use std::fs::File;
@@ -228,6 +229,11 @@ pub struct ProbeResult {
     /// Wall-clock time of the attempt (`loop` mode).
     #[serde(default)]
     pub t_ms: Option<u64>,
+    /// The name looked up and the address it gave (`resolve` mode).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub resolved: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -297,18 +303,26 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
-/// The test network: a hub namespace with a bridge, a pod namespace and some
-/// "external" host namespaces on it. Pod: 198.18.0.2 and 2001:db8::2; external
-/// host i (from 1): 198.18.0.(10+i) and 2001:db8::(10+i). No route leaves the
-/// segment, so a VIP that is not rewritten is unreachable.
+/// The test network: a hub namespace with a bridge, and on it a "node" namespace
+/// (198.18.0.1, 2001:db8::1: where the agent runs, as on a Kubernetes node), pod
+/// namespaces (pod i from 0: 198.18.0.(2+i), 2001:db8::(2+i)) and "external" host
+/// namespaces (host i from 1: 198.18.0.(10+i), 2001:db8::(10+i)). No route leaves
+/// the segment, so a VIP that is not rewritten is unreachable.
 pub struct Net {
-    pub pod: Netns,
+    pub pods: Vec<Netns>,
     pub ext: Vec<Netns>,
+    pub node: Netns,
     pub hub: Netns,
 }
 
+pub const NODE_V4: &str = "198.18.0.1";
+pub const NODE_V6: &str = "2001:db8::1";
 pub const POD_V4: &str = "198.18.0.2";
 pub const POD_V6: &str = "2001:db8::2";
+
+pub fn pod_v4(i: usize) -> IpAddr {
+    format!("198.18.0.{}", 2 + i).parse().unwrap()
+}
 
 pub fn ext_v4(i: usize) -> IpAddr {
     format!("198.18.0.{}", 10 + i).parse().unwrap()
@@ -320,6 +334,10 @@ pub fn ext_v6(i: usize) -> IpAddr {
 
 impl Net {
     pub fn new(externals: usize) -> Self {
+        Self::with_pods(1, externals)
+    }
+
+    pub fn with_pods(pods: usize, externals: usize) -> Self {
         let id = unique("eg");
         let hub = Netns::new(&format!("{id}h"));
         hub.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -337,8 +355,19 @@ impl Net {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
         };
-        let pod = Netns::new(&format!("{id}p"));
-        attach(&pod, "vpod", POD_V4, POD_V6);
+        let node = Netns::new(&format!("{id}n"));
+        attach(&node, "vnode", NODE_V4, NODE_V6);
+        let mut pod_list = Vec::new();
+        for i in 0..pods {
+            let ns = Netns::new(&format!("{id}p{i}"));
+            attach(
+                &ns,
+                &format!("vpod{i}"),
+                &pod_v4(i).to_string(),
+                &format!("2001:db8::{}", 2 + i),
+            );
+            pod_list.push(ns);
+        }
         let mut ext = Vec::new();
         for i in 1..=externals {
             let ns = Netns::new(&format!("{id}e{i}"));
@@ -350,7 +379,17 @@ impl Net {
             );
             ext.push(ns);
         }
-        Self { pod, ext, hub }
+        Self {
+            pods: pod_list,
+            ext,
+            node,
+            hub,
+        }
+    }
+
+    /// The first pod's namespace.
+    pub fn pod(&self) -> &Netns {
+        &self.pods[0]
     }
 
     /// External host `i` (from 1).
@@ -364,6 +403,8 @@ pub struct Agent {
     pub child: Option<Child>,
     pub log: PathBuf,
     pub metrics: SocketAddr,
+    /// The network namespace it runs in (none: the test's own).
+    pub netns: Option<PathBuf>,
 }
 
 /// A free loopback port (bound, read, released).
@@ -376,11 +417,20 @@ pub fn free_port() -> u16 {
 }
 
 impl Agent {
-    /// Starts `egress-agent run --config CONFIG` and waits until it is ready.
-    pub fn start(config: &Path, metrics: SocketAddr) -> Self {
+    /// Starts `egress-agent run --config CONFIG` (inside `netns` when given) and
+    /// waits until it is ready.
+    pub fn start(config: &Path, metrics: SocketAddr, netns: Option<&Path>) -> Self {
         let log = config.with_extension("log");
         let out = File::create(&log).unwrap();
-        let child = Command::new(agent_bin())
+        let mut cmd = match netns {
+            Some(ns) => Place {
+                netns: ns.to_owned(),
+                cgroup: None,
+            }
+            .command(agent_bin()),
+            None => Command::new(agent_bin()),
+        };
+        let child = cmd
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().unwrap())
@@ -391,6 +441,7 @@ impl Agent {
             child: Some(child),
             log,
             metrics,
+            netns: netns.map(Path::to_owned),
         };
         agent.wait_ready(Duration::from_secs(20));
         agent
@@ -405,7 +456,7 @@ impl Agent {
                     self.log_text()
                 );
             }
-            if http_get(self.metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+            if self.get("/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
             if start.elapsed() > timeout {
@@ -434,9 +485,25 @@ impl Agent {
         }
     }
 
+    /// GET on the agent's metrics address, from its network namespace.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        match &self.netns {
+            None => http_get(self.metrics, path),
+            Some(ns) => {
+                let (ns, addr, path) = (ns.clone(), self.metrics, path.to_owned());
+                std::thread::spawn(move || {
+                    enter_netns(&ns);
+                    http_get(addr, &path)
+                })
+                .join()
+                .unwrap()
+            }
+        }
+    }
+
     /// The `/metrics` text.
     pub fn metrics_text(&self) -> String {
-        let (code, body) = http_get(self.metrics, "/metrics").expect("scrape /metrics");
+        let (code, body) = self.get("/metrics").expect("scrape /metrics");
         assert_eq!(code, 200);
         body
     }
@@ -480,10 +547,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// Sum of a counter family's samples whose labels include every `label="value"`.
+/// Sum of a family's samples whose labels include every `label="value"`.
 pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| {
+            l.starts_with(family)
+                && (l[family.len()..].starts_with('{') || l[family.len()..].starts_with(' '))
+        })
         .filter(|l| {
             labels
                 .iter()
@@ -497,6 +567,8 @@ pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
 /// config directory, and the agent once started.
 pub struct World {
     pub net: Net,
+    /// Cgroups of the pods after the first (pod i ≥ 1), in pod netns i.
+    pub more_pods: Vec<Cgroup>,
     // Fields drop in order: the pod cgroup before the attach cgroup holding it.
     pub pod: Cgroup,
     /// Where the programs attach.
@@ -506,16 +578,35 @@ pub struct World {
 
 impl World {
     pub fn new(externals: usize) -> Self {
-        let net = Net::new(externals);
+        Self::with_pods(1, externals)
+    }
+
+    /// `pods` pod namespaces, each with its own cgroup: `pod` (the first), then
+    /// `pod1`, `pod2`, ... under the attach cgroup.
+    pub fn with_pods(pods: usize, externals: usize) -> Self {
+        let net = Net::with_pods(pods, externals);
         let root = Cgroup::new(cgroup2_root().join(unique("egress-test-")));
         let pod = root.child("pod");
+        let more_pods = (1..pods).map(|i| root.child(&format!("pod{i}"))).collect();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("serviceentries")).unwrap();
         Self {
             net,
+            more_pods,
             pod,
             root,
             dir,
+        }
+    }
+
+    /// Pod `i` (0 is `pod()`): its netns and cgroup.
+    pub fn pod_n(&self, i: usize) -> Place {
+        if i == 0 {
+            return self.pod();
+        }
+        Place {
+            netns: self.net.pods[i].path(),
+            cgroup: Some(self.more_pods[i - 1].path.clone()),
         }
     }
 
@@ -531,7 +622,7 @@ impl World {
     /// The pod: its netns and cgroup.
     pub fn pod(&self) -> Place {
         Place {
-            netns: self.net.pod.path(),
+            netns: self.net.pod().path(),
             cgroup: Some(self.pod.path.clone()),
         }
     }
@@ -540,7 +631,7 @@ impl World {
     pub fn extra_pod(&self, name: &str) -> (Cgroup, Place) {
         let cg = self.root.child(name);
         let place = Place {
-            netns: self.net.pod.path(),
+            netns: self.net.pod().path(),
             cgroup: Some(cg.path.clone()),
         };
         (cg, place)
@@ -562,15 +653,16 @@ impl World {
     /// The pod's netns, but the test's own cgroup (outside the attach point).
     pub fn pod_netns_only(&self) -> Place {
         Place {
-            netns: self.net.pod.path(),
+            netns: self.net.pod().path(),
             cgroup: None,
         }
     }
 
     /// Writes the agent config (pod = workload shop/web unless `workloads` says
-    /// otherwise) and starts the agent.
+    /// otherwise) and starts the agent in the node namespace.
     pub fn start_agent(&self, mode: &str, extra: &str) -> Agent {
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // The node namespace is the test's own: the port is always free there.
+        let metrics: SocketAddr = "127.0.0.1:9464".parse().unwrap();
         let config = self.dir.path().join("agent.yaml");
         let instance = self
             .root
@@ -586,11 +678,11 @@ impl World {
         );
         if !extra.contains("workloads:") {
             text.push_str(
-                "workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2}\n",
+                "workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2, ips: [\"2001:db8::2\"]}\n",
             );
         }
         text.push_str(extra);
         std::fs::write(&config, text).unwrap();
-        Agent::start(&config, metrics)
+        Agent::start(&config, metrics, Some(&self.net.node.path()))
     }
 }

@@ -256,7 +256,7 @@ fn processes_outside_workload_cgroups_are_untouched() {
     // A sibling cgroup under the attach point that is not a workload.
     let other = w.root.child("not-a-workload");
     let place = Place {
-        netns: w.net.pod.path(),
+        netns: w.net.pod().path(),
         cgroup: Some(other.path.clone()),
     };
     let r = place.connect(sa("198.18.0.13:22"));
@@ -324,7 +324,7 @@ fn a_child_cgroup_of_the_pod_is_still_enforced() {
     let nested = w.pod.child("nested");
     let deeper = nested.child("deeper");
     let place = Place {
-        netns: w.net.pod.path(),
+        netns: w.net.pod().path(),
         cgroup: Some(deeper.path.clone()),
     };
     assert_eq!(place.connect(sa("198.18.0.13:22")).errno, EPERM);

@@ -76,16 +76,18 @@ pub fn demo(hold: bool) -> Result<()> {
         "starting: egress-agent run --config config/agent.yaml (policy REGISTRY_ONLY, attached at {})",
         attach.path.display()
     );
+    // The agent runs in the sandbox's "node" namespace, as on a Kubernetes node.
     let agent = Agent::start(
         &dir.join("agent.yaml"),
         sa(&format!("127.0.0.1:{metrics_port}")),
+        Some(&net.node.path()),
     );
     let place = Place {
-        netns: net.pod.path(),
+        netns: net.pod().path(),
         cgroup: Some(pod.path.clone()),
     };
     let outside = Place {
-        netns: net.pod.path(),
+        netns: net.pod().path(),
         cgroup: None,
     };
 
@@ -174,7 +176,7 @@ pub fn demo(hold: bool) -> Result<()> {
     if hold {
         println!(
             "holding: the sandbox and agent stay up until Ctrl-C (pod netns: {})",
-            net.pod.name
+            net.pod().name
         );
         wait_for_ctrl_c();
     }

@@ -3,6 +3,8 @@
 //!
 //! `egress-probe connect ADDR:PORT` — one connection.
 //! `egress-probe many ADDR:PORT N` — N sequential connections, one JSON per line.
+//! `egress-probe resolve NAME:PORT N` — N times: getaddrinfo(NAME with `{}` replaced
+//! by the attempt number), then connect to the first address at once.
 //! `egress-probe loop ADDR:PORT MILLIS` — connections back to back for MILLIS ms
 //! (at most 100 000), one JSON per line with the wall-clock time `t_ms`.
 
@@ -32,7 +34,29 @@ fn connect(addr: SocketAddr) -> serde_json::Value {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: egress-probe connect ADDR:PORT | many ADDR:PORT N | loop ADDR:PORT MILLIS";
+    let usage = "usage: egress-probe connect ADDR:PORT | many ADDR:PORT N | loop ADDR:PORT MILLIS | resolve NAME:PORT N";
+    if args.get(1).map(String::as_str) == Some("resolve") {
+        use std::net::ToSocketAddrs;
+        let template = args.get(2).expect(usage);
+        let n: usize = args.get(3).and_then(|n| n.parse().ok()).expect(usage);
+        for i in 0..n.min(10_000) {
+            let name = template.replace("{}", &i.to_string());
+            let mut v = match name.to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(addr)) => {
+                    let mut v = connect(addr);
+                    v["resolved"] = addr.to_string().into();
+                    v
+                }
+                other => serde_json::json!({
+                    "ok": false, "errno": -1, "error": format!("resolve {name}: {other:?}"),
+                    "peer": null, "reply": "",
+                }),
+            };
+            v["name"] = name.into();
+            println!("{v}");
+        }
+        return;
+    }
     let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
     match args.get(1).map(String::as_str) {
         Some("connect") => println!("{}", connect(addr)),
