@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use egress_tests::dns::DnsServer;
 use egress_tests::server::Server;
 use egress_tests::{Agent, Cgroup, Net, Place, ProbeResult, ext_v4, metric_sum};
 
@@ -38,9 +39,14 @@ pub fn demo(hold: bool) -> Result<()> {
 
     println!("== egress demo ==");
     println!(
-        "building a sandbox: pod 198.18.0.2 and external hosts 198.18.0.11-13 in network namespaces"
+        "building a sandbox: node 198.18.0.1 (runs the agent), pod 198.18.0.2, external hosts \
+         198.18.0.11-14 (14 is the upstream DNS server) in network namespaces"
     );
-    let net = Net::new(3);
+    let net = Net::new(4);
+    let upstream = DnsServer::start(net.ext(4), sa("198.18.0.14:53"));
+    upstream.set_ips("api.payments.example", &["198.18.0.14"], 30);
+    upstream.set_ips("storage.googleapis.example", &["198.18.0.12"], 30);
+    upstream.set_ips("www.example.org", &["198.18.0.13"], 30);
     let attach = Cgroup::new(egress_tests::cgroup2_root().join(cgroup_name));
     let pod = attach.child("pod");
     let servers = [
@@ -56,6 +62,12 @@ pub fn demo(hold: bool) -> Result<()> {
         ),
         Server::start(net.ext(3), sa("[::]:443"), "partner 198.18.0.13:443"),
         Server::start(net.ext(3), sa("[::]:22"), "ssh on 198.18.0.13"),
+        Server::start(
+            net.ext(4),
+            sa("[::]:8080"),
+            "payments-api (198.18.0.14:8080)",
+        ),
+        Server::start(net.ext(2), sa("[::]:443"), "storage (198.18.0.12:443)"),
     ];
 
     // The example config, pointed at this machine's cgroup2 mount and a free port.
@@ -121,7 +133,7 @@ pub fn demo(hold: bool) -> Result<()> {
     show_probe(
         &place,
         "198.18.0.13:443",
-        "partners.example CIDR 198.18.0.12/31, NONE",
+        "partners.example 198.18.0.13/32, NONE: as-is",
     );
     show_probe(
         &place,
@@ -132,6 +144,44 @@ pub fn demo(hold: bool) -> Result<()> {
         &place,
         &format!("{}:8080", ext_v4(3)),
         "not in the registry either",
+    );
+    println!();
+    println!("-- DNS from the pod: captured by the agent's proxy on the node --");
+    show_dig(
+        &place,
+        "api.payments.example",
+        "a DNS-resolution host: answered with its VIP, locally",
+    );
+    show_curl(
+        &place,
+        "rewritten",
+        "http://api.payments.example/",
+        "by name: VIP → the address the agent resolved",
+    );
+    show_probe(
+        &place,
+        "198.18.0.12:443",
+        "*.googleapis.example (NONE) before any lookup: unknown",
+    );
+    show_dig(
+        &place,
+        "storage.googleapis.example",
+        "forwarded upstream; learned for this pod, port 443",
+    );
+    show_probe(
+        &place,
+        "198.18.0.12:443",
+        "the learned address, right after the lookup",
+    );
+    show_dig(
+        &place,
+        "www.example.org",
+        "not in the registry: still resolves",
+    );
+    show_probe(
+        &place,
+        "198.18.0.13:443",
+        "partners.example: allowed whatever the name",
     );
     println!();
     println!("-- from the same network namespace, outside the workload cgroup --");
@@ -182,6 +232,7 @@ pub fn demo(hold: bool) -> Result<()> {
     }
     drop(agent);
     drop(servers);
+    drop(upstream);
     drop(pod);
     drop(attach);
     drop(net);
@@ -205,6 +256,14 @@ fn show_curl(place: &Place, expect: &str, url: &str, what: &str) {
         format!("-> failed: {}", String::from_utf8_lossy(&out.stderr).trim())
     };
     println!("  [{expect:<9}] curl {url:<28} {result}   ({what})");
+}
+
+fn show_dig(place: &Place, name: &str, what: &str) {
+    let out = place.run("dig", &["+short", "+time=2", "+tries=1", name]);
+    let answer = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace('\n', " ");
+    println!("  [dns      ] dig {name:<32} -> {answer}   ({what})");
 }
 
 fn show_probe(place: &Place, addr: &str, what: &str) {
