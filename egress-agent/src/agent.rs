@@ -332,6 +332,32 @@ impl State {
     }
 }
 
+/// Keeps the traffic counters on the workload interfaces; says once which ones
+/// cannot be attached (yet), and when they are.
+fn sync_tc(
+    loaded: &mut loader::Loaded,
+    interfaces: &[String],
+    metrics: &Metrics,
+    failed_before: Vec<String>,
+) -> Vec<String> {
+    let failed = loaded.sync_tc(interfaces);
+    for (name, why) in &failed {
+        if !failed_before.contains(name) {
+            warn!(interface = %name, "traffic counters not attached: {why}; retrying every second");
+        }
+    }
+    let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
+    for name in &failed_before {
+        if !names.contains(name) && interfaces.contains(name) {
+            info!(interface = %name, "traffic counters attached");
+        }
+    }
+    metrics
+        .traffic_interfaces
+        .set(loaded.tc_interfaces().len() as i64);
+    names
+}
+
 /// Removes learned destinations whose lifetime ended, every two seconds.
 async fn learned_gc(learned: Arc<std::sync::Mutex<loader::LearnedMap>>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -395,8 +421,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         warn!(file = %config.vip_state_file().display(), "cannot save VIP allocations: {e}");
     }
 
+    let interval_ns = 1_000_000_000 / u64::from(config.access_log.rate_per_second);
+    let sink = crate::events::Sink::open(config.access_log.path.as_deref())?;
     let (mut loaded, maps, telemetry) = loader::load(LoadOptions {
         fail_open: config.fail_open,
+        event_interval_ns: interval_ns,
+        event_burst_ns: interval_ns * u64::from(config.access_log.burst),
         pin_path: Some(config.pin_path()),
     })?;
     let catalog = Arc::new(RwLock::new(Catalog::default()));
@@ -443,6 +473,13 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     // Fill the maps before attaching: the first connect() already sees the registry.
     state.sync()?;
     loaded.attach(&state.config.cgroup_path)?;
+    let interfaces: Vec<String> = state
+        .config
+        .workloads
+        .iter()
+        .filter_map(|w| w.interface.clone())
+        .collect();
+    let mut tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, Vec::new());
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -488,11 +525,16 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     tasks.spawn(learned_gc(learned, metrics.clone()));
     tasks.spawn(async move {
-        if let Err(e) = crate::events::run(telemetry.events, catalog.clone()).await {
+        if let Err(e) = crate::events::run(telemetry.events, catalog.clone(), sink).await {
             error!("event reader stopped: {e}");
         }
     });
-    let poller = StatsPoller::new(telemetry.stats, telemetry.counters);
+    let poller = StatsPoller::new(
+        telemetry.stats,
+        telemetry.counters,
+        telemetry.traffic,
+        telemetry.rate,
+    );
     tasks.spawn(metrics::poll_loop(
         poller,
         metrics.clone(),
@@ -533,6 +575,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 }
             }
             _ = tick.tick() => {
+                tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, tc_failed);
                 if fingerprint(&dir) != seen {
                     due = true;
                 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use egress_common::addr::{is_v4_mapped, to_addr};
+use egress_common::addr::{Addr, is_v4_mapped, to_addr};
 use egress_common::*;
 use ipnet::IpNet;
 
@@ -57,6 +57,8 @@ pub struct Desired {
     pub dns: DnsConfig,
     /// What the DNS proxy answers, per view.
     pub dns_tables: DnsTables,
+    /// [`WORKLOAD_IPS_MAP`]: workloads by address, for traffic attribution.
+    pub workload_ips: HashMap<Addr, WorkloadValue>,
 }
 
 /// The names the resolver must follow: the hostname endpoints of DNS and
@@ -294,6 +296,9 @@ pub fn compile(
     ids: &mut Ids,
 ) -> Desired {
     let mut d = Desired::default();
+    // Names are rebuilt each time: what is gone is no longer in the catalog.
+    ids.service_meta.clear();
+    ids.workload_meta.clear();
     if let Some(dns) = &config.dns {
         let v4 = dns
             .proxy
@@ -352,8 +357,11 @@ pub fn compile(
         if policy == OutboundMode::RegistryOnly {
             flags |= WL_REGISTRY_ONLY;
         }
-        if config.audit {
+        if config.audits(&w.config) {
             flags |= WL_AUDIT;
+        }
+        if config.udp_enforcement {
+            flags |= WL_UDP;
         }
         let workload_id = ids.workload(w, policy);
         d.workloads.insert(
@@ -371,6 +379,15 @@ pub fn compile(
                 DnsClient {
                     workload_id,
                     view_id,
+                },
+            );
+            d.workload_ips.insert(
+                to_addr(ip),
+                WorkloadValue {
+                    workload_id,
+                    view_id,
+                    flags,
+                    _pad: 0,
                 },
             );
         }
@@ -567,6 +584,8 @@ mod tests {
                 labels: Default::default(),
                 ip: None,
                 ips: vec![],
+                interface: None,
+                audit: false,
             },
         }
     }
@@ -597,7 +616,7 @@ spec:
             &mut ids,
         );
         let wl = d.workloads[&10];
-        assert_eq!(wl.flags, WL_REGISTRY_ONLY);
+        assert_eq!(wl.flags, WL_REGISTRY_ONLY | WL_UDP);
         let key = |ip: &str, port| ServiceKey {
             addr: to_addr(ip.parse().unwrap()),
             view_id: wl.view_id,
@@ -681,7 +700,7 @@ spec:
         assert_ne!(shop, other);
         assert!(d.services.keys().any(|k| k.view_id == shop));
         assert!(!d.services.keys().any(|k| k.view_id == other));
-        assert_eq!(d.workloads[&11].flags, 0);
+        assert_eq!(d.workloads[&11].flags, WL_UDP);
     }
 
     #[test]

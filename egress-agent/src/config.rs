@@ -74,6 +74,12 @@ pub struct WorkloadConfig {
     /// More addresses of the workload (dual stack).
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// The host side of the workload's veth: traffic counters attach there.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Audit mode for this workload only.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 /// The file as written by the user.
@@ -93,6 +99,11 @@ struct RawConfig {
     fail_open: bool,
     #[serde(default)]
     audit: bool,
+    #[serde(default)]
+    audit_namespaces: Vec<String>,
+    udp_enforcement: Option<bool>,
+    #[serde(default)]
+    access_log: RawAccessLog,
     metrics_address: Option<SocketAddr>,
     #[serde(default)]
     istio_compat: IstioCompat,
@@ -107,6 +118,27 @@ struct RawConfig {
     dns: Option<RawDns>,
     #[serde(default)]
     resolver: RawResolver,
+}
+
+/// `accessLog:` — one JSON line per denied or audited attempt.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAccessLog {
+    /// A file, or `-` for standard output (the default).
+    path: Option<PathBuf>,
+    /// Events per second each workload may log (per CPU), default 10.
+    rate_per_second: Option<u32>,
+    /// Events a workload may log at once after a quiet spell, default 20.
+    burst: Option<u32>,
+}
+
+/// Where refusals are logged and how fast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLog {
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
+    pub rate_per_second: u32,
+    pub burst: u32,
 }
 
 /// `dns:` — the proxy workloads' queries are redirected to.
@@ -220,8 +252,13 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// Internal program errors let the connection through instead of refusing it.
     pub fail_open: bool,
-    /// REGISTRY_ONLY denials are reported as `audit` and allowed.
+    /// REGISTRY_ONLY denials are reported as `audit` and allowed (every workload).
     pub audit: bool,
+    /// Audit mode for the workloads of these namespaces.
+    pub audit_namespaces: Vec<String>,
+    /// Enforce UDP other than DNS (SPEC §7.1 `udpEnforcement`, default true).
+    pub udp_enforcement: bool,
+    pub access_log: AccessLog,
     /// Prometheus `/metrics`, `/healthz`, `/readyz`; none when absent.
     pub metrics_address: Option<SocketAddr>,
     pub istio_compat: IstioCompat,
@@ -247,6 +284,13 @@ pub struct Config {
 
 /// Loopback and link-local: the node talking to itself is never enforced.
 pub const DEFAULT_EXCLUDED: &[&str] = &["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"];
+
+impl Config {
+    /// Is this workload in audit mode (globally, by namespace, or itself)?
+    pub fn audits(&self, w: &WorkloadConfig) -> bool {
+        self.audit || w.audit || self.audit_namespaces.contains(&w.namespace)
+    }
+}
 
 impl WorkloadConfig {
     /// Every address of the workload.
@@ -468,6 +512,17 @@ impl Config {
             cluster_cidrs,
             fail_open: raw.fail_open,
             audit: raw.audit,
+            audit_namespaces: raw.audit_namespaces,
+            udp_enforcement: raw.udp_enforcement.unwrap_or(true),
+            access_log: AccessLog {
+                path: raw
+                    .access_log
+                    .path
+                    .filter(|p| p.as_os_str() != "-")
+                    .map(|p| base.join(p)),
+                rate_per_second: raw.access_log.rate_per_second.unwrap_or(10).max(1),
+                burst: raw.access_log.burst.unwrap_or(20).max(1),
+            },
             metrics_address: raw.metrics_address,
         })
     }

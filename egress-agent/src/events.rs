@@ -85,8 +85,54 @@ pub fn record(ev: &Event, catalog: &Catalog, now_boot_ns: u64, now: SystemTime) 
     }
 }
 
-/// Reads events until the ring buffer's fd fails; each becomes a log record.
-pub async fn run(ring: RingBuf<MapData>, catalog: Arc<RwLock<Catalog>>) -> std::io::Result<()> {
+/// Where access-log lines go.
+pub enum Sink {
+    Stdout,
+    File(std::fs::File),
+}
+
+impl Sink {
+    /// Opens the access log: a file (appended to) or standard output.
+    pub fn open(path: Option<&std::path::Path>) -> std::io::Result<Self> {
+        match path {
+            None => Ok(Self::Stdout),
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Ok(Self::File(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)?,
+                ))
+            }
+        }
+    }
+
+    /// Writes one JSON line (one write: lines of concurrent writers never mix).
+    pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        match self {
+            Self::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line)?;
+                out.flush()
+            }
+            Self::File(f) => f.write_all(&line),
+        }
+    }
+}
+
+/// Reads events until the ring buffer's fd fails; each becomes an access-log line
+/// and a log record.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    catalog: Arc<RwLock<Catalog>>,
+    mut sink: Sink,
+) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it,
     // and always reports the same fd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -98,6 +144,9 @@ pub async fn run(ring: RingBuf<MapData>, catalog: Arc<RwLock<Catalog>>) -> std::
         while let Some(item) = ring.next() {
             let Some(ev) = decode(&item) else { continue };
             let rec = record(&ev, &catalog.read().expect("catalog lock"), now_boot, now);
+            if let Err(e) = sink.write(&rec) {
+                tracing::error!("cannot write the access log: {e}");
+            }
             log(&rec);
         }
         guard.clear_ready();

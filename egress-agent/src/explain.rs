@@ -331,6 +331,10 @@ impl Dataplane for Sim<'_> {
         None
     }
 
+    fn workload_by_ip(&self, addr: &Addr) -> Option<WorkloadValue> {
+        self.desired.workload_ips.get(addr).copied()
+    }
+
     fn backend(&self, key: &BackendKey) -> Option<Backend> {
         self.sets
             .get(key.set_id.wrapping_sub(1) as usize)
@@ -442,6 +446,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
             v4_socket: ip.is_ipv4(),
             random: 0,
             now_ns: 0,
+            udp_connect: false,
         };
         let result = decide::classify(&sim, &c);
         for (i, step) in sim.trace.borrow().iter().enumerate() {

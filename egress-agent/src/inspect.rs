@@ -88,6 +88,17 @@ pub struct CidrRow {
 }
 
 #[derive(Debug, Serialize)]
+pub struct TrafficRow {
+    pub workload: String,
+    pub service: String,
+    pub port: u16,
+    pub transport: &'static str,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct StatRow {
     pub workload: String,
     pub service: String,
@@ -108,6 +119,7 @@ pub struct Snapshot {
     pub policy_cidrs: Vec<(String, &'static str)>,
     pub counters: BTreeMap<&'static str, u64>,
     pub connections: Vec<StatRow>,
+    pub traffic: Vec<TrafficRow>,
 }
 
 /// Reads the live maps pinned in `pins`, named with the catalog at `catalog`.
@@ -143,6 +155,7 @@ pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
     let pol: LpmTrie<MapData, IpKey, PolicyCidrValue> = open(pins, POLICY_CIDRS_MAP)?;
     let stats: PerCpuHashMap<MapData, StatKey, u64> = open(pins, STATS_MAP)?;
     let counters: PerCpuArray<MapData, u64> = open(pins, COUNTERS_MAP)?;
+    let traffic_map: PerCpuHashMap<MapData, TrafficKey, TrafficValue> = open(pins, TRAFFIC_MAP)?;
 
     let backends = |set_id: u32, slots: u16| -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -266,7 +279,37 @@ pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
     connections
         .sort_by(|a, b| (&a.workload, &a.service, a.port).cmp(&(&b.workload, &b.service, b.port)));
 
+    let mut traffic: Vec<TrafficRow> = traffic_map
+        .iter()
+        .flatten()
+        .map(|(k, v)| TrafficRow {
+            workload: workload(k.workload_id),
+            service: if k.service_id == 0 {
+                "PassthroughCluster".into()
+            } else {
+                service(k.service_id)
+            },
+            port: k.port,
+            transport: proto(k.proto),
+            direction: if k.dir == DIR_SENT {
+                "sent"
+            } else {
+                "received"
+            },
+            packets: v.iter().map(|x| x.packets).sum(),
+            bytes: v.iter().map(|x| x.bytes).sum(),
+        })
+        .collect();
+    traffic.sort_by(|a, b| {
+        (&a.workload, &a.service, a.port, a.direction).cmp(&(
+            &b.workload,
+            &b.service,
+            b.port,
+            b.direction,
+        ))
+    });
     Ok(Snapshot {
+        traffic,
         pins: pins.to_owned(),
         workloads,
         services,
@@ -329,6 +372,14 @@ pub fn render_text(s: &Snapshot) -> String {
             o,
             "  {:<28} → {:<36} {:>5}/{} {:<9} {:<16} {}",
             c.workload, c.service, c.port, c.transport, c.decision, c.reason, c.count
+        );
+    }
+    let _ = writeln!(o, "\ntraffic ({}):", TRAFFIC_MAP);
+    for t in &s.traffic {
+        let _ = writeln!(
+            o,
+            "  {:<28} → {:<36} {:>5}/{} {:<8} {:>10} packets {:>14} bytes",
+            t.workload, t.service, t.port, t.transport, t.direction, t.packets, t.bytes
         );
     }
     let _ = writeln!(o, "\nkernel counters ({}):", COUNTERS_MAP);

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use aya::maps::{
     Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
 };
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+use egress_common::addr::Addr;
 use egress_common::*;
 
 use crate::compile::{CidrLpm, PolicyLpm};
@@ -18,7 +20,11 @@ use crate::sync::{MapWriter, SyncError};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress.bpf.o"));
 
-/// The programs and where they attach.
+/// TC programs: counted on the host side of each workload's veth.
+pub const TC_SENT: &str = "egress_tc_sent";
+pub const TC_RECEIVED: &str = "egress_tc_received";
+
+/// The cgroup programs, all attached at the configured cgroup.
 pub const PROGRAMS: &[&str] = &[
     "egress_connect4",
     "egress_connect6",
@@ -66,6 +72,7 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, CidrKey, CidrValue>,
     policy: LpmTrie<MapData, IpKey, PolicyCidrValue>,
     dns: Array<MapData, DnsConfig>,
+    workload_ips: HashMap<MapData, Addr, WorkloadValue>,
 }
 
 /// The learned-destination map, written by the DNS proxy alone.
@@ -77,6 +84,8 @@ pub struct TelemetryMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
     pub learned: LearnedMap,
+    pub traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
+    pub rate: PerCpuHashMap<MapData, u32, RateBucket>,
 }
 
 /// A loaded (not yet attached) set of programs. Dropping it detaches everything
@@ -85,12 +94,17 @@ pub struct Loaded {
     ebpf: Ebpf,
     attached_at: Option<PathBuf>,
     pin_path: Option<PathBuf>,
+    /// Interfaces with counters attached: name → (ifindex, sent link, received link).
+    tc: std::collections::BTreeMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
 }
 
 /// Settings fixed at load time.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub fail_open: bool,
+    /// Access-log rate limit: nanoseconds per event, and burst credit.
+    pub event_interval_ns: u64,
+    pub event_burst_ns: u64,
     /// Pin every map in this directory (for `egress-agent inspect`).
     pub pin_path: Option<PathBuf>,
 }
@@ -136,9 +150,25 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
             reason: e.to_string(),
         })?;
     }
+    let interval = opts.event_interval_ns.max(1);
+    let burst = opts.event_burst_ns.max(interval);
     let mut ebpf = EbpfLoader::new()
         .override_global("FAIL_OPEN", &fail_open, true)
+        .override_global("EVENT_INTERVAL_NS", &interval, true)
+        .override_global("EVENT_BURST_NS", &burst, true)
         .load(EBPF_OBJECT)?;
+    for name in [TC_SENT, TC_RECEIVED] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Program {
+                name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
     for name in PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -158,18 +188,22 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         cidrs: take(&mut ebpf, CIDRS_MAP, pin)?,
         policy: take(&mut ebpf, POLICY_CIDRS_MAP, pin)?,
         dns: take(&mut ebpf, DNS_MAP, pin)?,
+        workload_ips: take(&mut ebpf, WORKLOAD_IPS_MAP, pin)?,
     };
     let telemetry = TelemetryMaps {
         stats: take(&mut ebpf, STATS_MAP, pin)?,
         counters: take(&mut ebpf, COUNTERS_MAP, pin)?,
         events: take(&mut ebpf, EVENTS_MAP, pin)?,
         learned: take(&mut ebpf, LEARNED_MAP, pin)?,
+        traffic: take(&mut ebpf, TRAFFIC_MAP, pin)?,
+        rate: take(&mut ebpf, RATE_MAP, pin)?,
     };
     Ok((
         Loaded {
             ebpf,
             attached_at: None,
             pin_path: opts.pin_path.clone(),
+            tc: Default::default(),
         },
         policy,
         telemetry,
@@ -202,6 +236,73 @@ impl Loaded {
     pub fn attached_at(&self) -> Option<&Path> {
         self.attached_at.as_deref()
     }
+
+    /// Keeps the traffic counters attached to exactly `interfaces` (those that
+    /// exist): attaches to new or re-created ones, detaches from the others.
+    /// Returns the interfaces that could not be attached, with the reason.
+    pub fn sync_tc(&mut self, interfaces: &[String]) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        let current: Vec<String> = self.tc.keys().cloned().collect();
+        for name in current {
+            let index = ifindex(&name);
+            if !interfaces.contains(&name) || index != Some(self.tc[&name].0) {
+                let (_, sent, received) = self.tc.remove(&name).expect("present");
+                // A vanished interface took its links with it; detach errors
+                // then only say so.
+                let _ = self.classifier(TC_SENT).detach(sent);
+                let _ = self.classifier(TC_RECEIVED).detach(received);
+            }
+        }
+        for name in interfaces {
+            if self.tc.contains_key(name) {
+                continue;
+            }
+            let Some(index) = ifindex(name) else {
+                failed.push((name.clone(), "no such interface (yet)".to_owned()));
+                continue;
+            };
+            let sent = self.classifier(TC_SENT).attach(name, TcAttachType::Ingress);
+            let received = self
+                .classifier(TC_RECEIVED)
+                .attach(name, TcAttachType::Egress);
+            match (sent, received) {
+                (Ok(s), Ok(r)) => {
+                    self.tc.insert(name.clone(), (index, s, r));
+                }
+                (s, r) => {
+                    if let Ok(s) = s {
+                        let _ = self.classifier(TC_SENT).detach(s);
+                    }
+                    if let Ok(r) = r {
+                        let _ = self.classifier(TC_RECEIVED).detach(r);
+                    }
+                    failed.push((name.clone(), "TCX attach failed".to_owned()));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Interfaces with traffic counters attached.
+    pub fn tc_interfaces(&self) -> Vec<String> {
+        self.tc.keys().cloned().collect()
+    }
+
+    fn classifier(&mut self, name: &'static str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .expect("loaded")
+            .try_into()
+            .expect("a classifier")
+    }
+}
+
+/// The index of a network interface in the agent's namespace.
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> SyncError {
@@ -264,6 +365,14 @@ impl MapWriter for PolicyMaps {
     fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError> {
         self.dns.set(0, v, 0).map_err(map_err("write to", DNS_MAP))
     }
+    fn put_workload_ip(&mut self, k: Addr, v: WorkloadValue) -> Result<(), SyncError> {
+        self.workload_ips
+            .insert(k, v, 0)
+            .map_err(map_err("write to", WORKLOAD_IPS_MAP))
+    }
+    fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError> {
+        removed(self.workload_ips.remove(&k), WORKLOAD_IPS_MAP)
+    }
 }
 
 #[cfg(test)]
@@ -276,7 +385,7 @@ mod tests {
         for name in ALL_MAPS {
             assert!(obj.maps.contains_key(*name), "map {name} missing");
         }
-        for name in PROGRAMS {
+        for name in PROGRAMS.iter().chain(&[TC_SENT, TC_RECEIVED]) {
             assert!(obj.programs.contains_key(*name), "program {name} missing");
         }
     }

@@ -8,7 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use egress_common::{Action, Counter, MatchKind, PROTO_UDP, Reason, StatKey};
+use egress_common::{
+    Action, Counter, DIR_SENT, MatchKind, PROTO_TCP, PROTO_UDP, RateBucket, Reason, StatKey,
+    TrafficKey, TrafficValue,
+};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -50,6 +53,16 @@ pub struct Metrics {
     pub dns_resolutions: IntCounterVec,
     pub dns_stale: IntGauge,
     pub dns_resolved_names: IntGauge,
+    pub sent_bytes: IntCounterVec,
+    pub received_bytes: IntCounterVec,
+    pub sent_packets: IntCounterVec,
+    pub received_packets: IntCounterVec,
+    pub istio_opened: IntCounterVec,
+    pub istio_sent_bytes: IntCounterVec,
+    pub istio_received_bytes: IntCounterVec,
+    pub access_log_dropped: IntCounterVec,
+    pub map_capacity: IntGaugeVec,
+    pub traffic_interfaces: IntGauge,
     pub ready: AtomicBool,
 }
 
@@ -157,6 +170,75 @@ impl Metrics {
             "Names of DNS/DNS_ROUND_ROBIN endpoints with a usable answer",
         )
         .expect("valid metric");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let sent_bytes = counter(
+            "egress_sent_bytes_total",
+            "Payload bytes workloads sent, by destination service",
+            TRAFFIC_LABELS,
+        );
+        let received_bytes = counter(
+            "egress_received_bytes_total",
+            "Payload bytes workloads received, by destination service",
+            TRAFFIC_LABELS,
+        );
+        let sent_packets = counter(
+            "egress_sent_packets_total",
+            "Packets workloads sent, by destination service",
+            TRAFFIC_LABELS,
+        );
+        let received_packets = counter(
+            "egress_received_packets_total",
+            "Packets workloads received, by destination service",
+            TRAFFIC_LABELS,
+        );
+        let istio_opened = counter(
+            "istio_tcp_connections_opened_total",
+            "TCP connections opened (Istio-compatible)",
+            ISTIO_LABELS,
+        );
+        let istio_sent_bytes = counter(
+            "istio_tcp_sent_bytes_total",
+            "TCP payload bytes sent (Istio-compatible)",
+            ISTIO_LABELS,
+        );
+        let istio_received_bytes = counter(
+            "istio_tcp_received_bytes_total",
+            "TCP payload bytes received (Istio-compatible)",
+            ISTIO_LABELS,
+        );
+        let access_log_dropped = counter(
+            "egress_access_log_dropped_total",
+            "Denied or audited attempts not logged because their workload exceeded the log rate",
+            &["source_namespace", "source_workload"],
+        );
+        let map_capacity = IntGaugeVec::new(
+            Opts::new(
+                "egress_map_capacity",
+                "Capacity of each eBPF map (fill level: egress_map_entries / this)",
+            ),
+            &["map"],
+        )
+        .expect("valid metric");
+        for (name, cap) in [
+            (egress_common::WORKLOADS_MAP, egress_common::WORKLOADS_MAX),
+            (egress_common::SERVICES_MAP, egress_common::SERVICES_MAX),
+            (egress_common::BACKENDS_MAP, egress_common::BACKENDS_MAX),
+            (egress_common::CIDRS_MAP, egress_common::CIDRS_MAX),
+            (
+                egress_common::POLICY_CIDRS_MAP,
+                egress_common::POLICY_CIDRS_MAX,
+            ),
+            (egress_common::LEARNED_MAP, egress_common::LEARNED_MAX),
+        ] {
+            map_capacity.with_label_values(&[name]).set(i64::from(cap));
+        }
+        let traffic_interfaces = IntGauge::new(
+            "egress_traffic_interfaces",
+            "Workload interfaces with traffic counters attached",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(kernel_counters.clone()),
@@ -172,6 +254,16 @@ impl Metrics {
             Box::new(dns_resolutions.clone()),
             Box::new(dns_stale.clone()),
             Box::new(dns_resolved_names.clone()),
+            Box::new(sent_bytes.clone()),
+            Box::new(received_bytes.clone()),
+            Box::new(sent_packets.clone()),
+            Box::new(received_packets.clone()),
+            Box::new(istio_opened.clone()),
+            Box::new(istio_sent_bytes.clone()),
+            Box::new(istio_received_bytes.clone()),
+            Box::new(access_log_dropped.clone()),
+            Box::new(map_capacity.clone()),
+            Box::new(traffic_interfaces.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -191,6 +283,16 @@ impl Metrics {
             dns_resolutions,
             dns_stale,
             dns_resolved_names,
+            sent_bytes,
+            received_bytes,
+            sent_packets,
+            received_packets,
+            istio_opened,
+            istio_sent_bytes,
+            istio_received_bytes,
+            access_log_dropped,
+            map_capacity,
+            traffic_interfaces,
             ready: AtomicBool::new(false),
         })
     }
@@ -260,42 +362,229 @@ pub fn connection_labels(k: &StatKey, catalog: &Catalog) -> Vec<String> {
     ]
 }
 
-/// Folds the kernel's per-CPU counters into the Prometheus counters.
+/// Labels of the traffic families (`egress_{sent,received}_{bytes,packets}_total`).
+pub const TRAFFIC_LABELS: &[&str] = &[
+    "source_namespace",
+    "source_workload",
+    "destination_service",
+    "destination_service_namespace",
+    "destination_port",
+    "transport",
+];
+
+/// Labels of Istio's TCP families, so dashboards built for Istio work unchanged.
+pub const ISTIO_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+];
+
+/// (name, namespace) of a service id; 0 is PassthroughCluster (traffic that was
+/// allowed without a registry match).
+fn destination(catalog: &Catalog, service_id: u32) -> (String, String) {
+    match catalog.service(service_id) {
+        Some(s) => (s.host.clone(), s.namespace.clone()),
+        None => ("PassthroughCluster".into(), "unknown".into()),
+    }
+}
+
+fn workload_names(catalog: &Catalog, id: u32) -> Option<(String, String)> {
+    catalog
+        .workload(id)
+        .map(|w| (w.namespace.clone(), w.name.clone()))
+}
+
+fn transport(proto: u8) -> &'static str {
+    if proto == PROTO_UDP { "udp" } else { "tcp" }
+}
+
+/// Folds the kernel's per-CPU counters into the Prometheus counters, and drops
+/// the series (and kernel entries) of workloads that are gone.
 pub struct StatsPoller {
     stats: PerCpuHashMap<MapData, StatKey, u64>,
     counters: PerCpuArray<MapData, u64>,
+    traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
+    rate: PerCpuHashMap<MapData, u32, RateBucket>,
     seen: HashMap<StatKey, u64>,
+    seen_traffic: HashMap<TrafficKey, (u64, u64)>,
+    seen_dropped: HashMap<u32, u64>,
     seen_counters: Vec<u64>,
+    /// Every series written, by workload id, to remove them when it goes.
+    series: HashMap<u32, Vec<(Family, Vec<String>)>>,
+}
+
+/// The families with per-workload series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Family {
+    Connections,
+    SentBytes,
+    ReceivedBytes,
+    SentPackets,
+    ReceivedPackets,
+    IstioOpened,
+    IstioSent,
+    IstioReceived,
+    Dropped,
 }
 
 impl StatsPoller {
     pub fn new(
         stats: PerCpuHashMap<MapData, StatKey, u64>,
         counters: PerCpuArray<MapData, u64>,
+        traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
+        rate: PerCpuHashMap<MapData, u32, RateBucket>,
     ) -> Self {
         Self {
             stats,
             counters,
+            traffic,
+            rate,
             seen: HashMap::new(),
+            seen_traffic: HashMap::new(),
+            seen_dropped: HashMap::new(),
             seen_counters: vec![0; Counter::COUNT as usize],
+            series: HashMap::new(),
+        }
+    }
+
+    fn vec(metrics: &Metrics, f: Family) -> &IntCounterVec {
+        match f {
+            Family::Connections => &metrics.connections,
+            Family::SentBytes => &metrics.sent_bytes,
+            Family::ReceivedBytes => &metrics.received_bytes,
+            Family::SentPackets => &metrics.sent_packets,
+            Family::ReceivedPackets => &metrics.received_packets,
+            Family::IstioOpened => &metrics.istio_opened,
+            Family::IstioSent => &metrics.istio_sent_bytes,
+            Family::IstioReceived => &metrics.istio_received_bytes,
+            Family::Dropped => &metrics.access_log_dropped,
+        }
+    }
+
+    fn add(&mut self, metrics: &Metrics, f: Family, workload: u32, labels: Vec<String>, n: u64) {
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        Self::vec(metrics, f).with_label_values(&refs).inc_by(n);
+        let list = self.series.entry(workload).or_default();
+        if !list.iter().any(|(g, l)| *g == f && *l == labels) {
+            list.push((f, labels));
         }
     }
 
     /// Reads the maps once and adds what moved since the last poll.
     pub fn poll(&mut self, metrics: &Metrics, catalog: &Catalog) {
-        for item in self.stats.iter() {
-            let Ok((key, values)) = item else { continue };
-            let total: u64 = values.iter().sum();
+        let stats: Vec<(StatKey, u64)> = self
+            .stats
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.iter().sum()))
+            .collect();
+        for (key, total) in stats {
             let last = self.seen.insert(key, total).unwrap_or(0);
-            if total > last {
-                let labels = connection_labels(&key, catalog);
-                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-                metrics
-                    .connections
-                    .with_label_values(&refs)
-                    .inc_by(total - last);
+            if total <= last || catalog.workload(key.workload_id).is_none() {
+                continue;
+            }
+            let n = total - last;
+            let labels = connection_labels(&key, catalog);
+            self.add(metrics, Family::Connections, key.workload_id, labels, n);
+            let opened = matches!(
+                Action::from_u8(key.action),
+                Some(Action::Allow | Action::Rewrite | Action::Audit)
+            );
+            if key.proto == PROTO_TCP
+                && opened
+                && let Some((ns, wl)) = workload_names(catalog, key.workload_id)
+            {
+                let (dst, dst_ns) = match (key.service_id, Reason::from_u8(key.reason)) {
+                    (0, Some(Reason::ClusterInternal)) => {
+                        ("cluster-internal".into(), "unknown".into())
+                    }
+                    (id, _) => destination(catalog, id),
+                };
+                let labels = vec!["source".into(), wl, ns, dst.clone(), dst, dst_ns];
+                self.add(metrics, Family::IstioOpened, key.workload_id, labels, n);
             }
         }
+
+        let traffic: Vec<(TrafficKey, (u64, u64))> = self
+            .traffic
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                let (p, b) = v
+                    .iter()
+                    .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+                (k, (p, b))
+            })
+            .collect();
+        for (key, (packets, bytes)) in traffic {
+            let (lp, lb) = self
+                .seen_traffic
+                .insert(key, (packets, bytes))
+                .unwrap_or((0, 0));
+            let Some((ns, wl)) = workload_names(catalog, key.workload_id) else {
+                continue;
+            };
+            let (dst, dst_ns) = destination(catalog, key.service_id);
+            let labels = vec![
+                ns.clone(),
+                wl.clone(),
+                dst.clone(),
+                dst_ns.clone(),
+                key.port.to_string(),
+                transport(key.proto).into(),
+            ];
+            let sent = key.dir == DIR_SENT;
+            let (bytes_f, packets_f, istio_f) = if sent {
+                (Family::SentBytes, Family::SentPackets, Family::IstioSent)
+            } else {
+                (
+                    Family::ReceivedBytes,
+                    Family::ReceivedPackets,
+                    Family::IstioReceived,
+                )
+            };
+            if bytes > lb {
+                self.add(
+                    metrics,
+                    bytes_f,
+                    key.workload_id,
+                    labels.clone(),
+                    bytes - lb,
+                );
+                if key.proto == PROTO_TCP {
+                    let il = vec!["source".into(), wl, ns, dst.clone(), dst, dst_ns];
+                    self.add(metrics, istio_f, key.workload_id, il, bytes - lb);
+                }
+            }
+            if packets > lp {
+                self.add(metrics, packets_f, key.workload_id, labels, packets - lp);
+            }
+        }
+
+        let rate: Vec<(u32, u64)> = self
+            .rate
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.iter().map(|b| b.dropped).sum()))
+            .collect();
+        for (workload, dropped) in rate {
+            let last = self.seen_dropped.insert(workload, dropped).unwrap_or(0);
+            if dropped > last
+                && let Some((ns, wl)) = workload_names(catalog, workload)
+            {
+                self.add(
+                    metrics,
+                    Family::Dropped,
+                    workload,
+                    vec![ns, wl],
+                    dropped - last,
+                );
+            }
+        }
+
         for c in Counter::ALL {
             let Ok(values) = self.counters.get(&(c as u32), 0) else {
                 continue;
@@ -309,6 +598,49 @@ impl StatsPoller {
                     .inc_by(total - *last);
                 *last = total;
             }
+        }
+        self.prune(metrics, catalog);
+    }
+
+    /// Removes every series and kernel counter of workloads no longer configured.
+    fn prune(&mut self, metrics: &Metrics, catalog: &Catalog) {
+        let gone: Vec<u32> = self
+            .series
+            .keys()
+            .chain(self.seen.keys().map(|k| &k.workload_id))
+            .chain(self.seen_traffic.keys().map(|k| &k.workload_id))
+            .filter(|id| catalog.workload(**id).is_none())
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for id in gone {
+            for (f, labels) in self.series.remove(&id).unwrap_or_default() {
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = Self::vec(metrics, f).remove_label_values(&refs);
+            }
+            let keys: Vec<StatKey> = self
+                .seen
+                .keys()
+                .filter(|k| k.workload_id == id)
+                .copied()
+                .collect();
+            for k in keys {
+                let _ = self.stats.remove(&k);
+                self.seen.remove(&k);
+            }
+            let keys: Vec<TrafficKey> = self
+                .seen_traffic
+                .keys()
+                .filter(|k| k.workload_id == id)
+                .copied()
+                .collect();
+            for k in keys {
+                let _ = self.traffic.remove(&k);
+                self.seen_traffic.remove(&k);
+            }
+            let _ = self.rate.remove(&id);
+            self.seen_dropped.remove(&id);
         }
     }
 }
@@ -452,5 +784,80 @@ mod tests {
         let text = m.render();
         assert!(text.contains("egress_connections_total{"), "{text}");
         assert!(text.contains("decision=\"denied\""), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod dashboard {
+    use super::*;
+
+    /// Every metric the shipped Grafana dashboard queries is one the agent exports.
+    #[test]
+    fn dashboard_queries_only_exported_metrics() {
+        let m = Metrics::new();
+        // Touch one series of every labelled family so all are gathered.
+        let touch = |v: &IntCounterVec, n: usize| v.with_label_values(&vec!["x"; n]).inc();
+        touch(&m.connections, CONNECTION_LABELS.len());
+        for v in [
+            &m.sent_bytes,
+            &m.received_bytes,
+            &m.sent_packets,
+            &m.received_packets,
+        ] {
+            touch(v, TRAFFIC_LABELS.len());
+        }
+        for v in [
+            &m.istio_opened,
+            &m.istio_sent_bytes,
+            &m.istio_received_bytes,
+        ] {
+            touch(v, ISTIO_LABELS.len());
+        }
+        touch(&m.access_log_dropped, 2);
+        touch(&m.kernel_counters, 1);
+        touch(&m.config_rejected, 3);
+        touch(&m.config_warnings, 3);
+        touch(&m.dns_queries, 1);
+        touch(&m.dns_resolutions, 1);
+        touch(&m.syncs, 1);
+        m.resources.with_label_values(&["loaded"]).set(1);
+        m.map_entries.with_label_values(&["x"]).set(1);
+        m.dns_upstream_seconds.observe(0.001);
+        let exported: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/grafana-dashboard.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                exprs.push(t["expr"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(exprs.len() >= 15);
+        for e in &exprs {
+            let names = e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("egress_") || w.starts_with("istio_"));
+            for name in names {
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"))
+                    .unwrap_or(name);
+                assert!(
+                    exported.iter().any(|x| x == base),
+                    "{name} (in {e}) is not exported: {exported:?}"
+                );
+            }
+        }
     }
 }

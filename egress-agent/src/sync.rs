@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use egress_common::addr::Addr;
 use egress_common::*;
 
 use crate::compile::{BackendSet, CidrLpm, Desired, PolicyLpm};
@@ -24,6 +25,8 @@ pub trait MapWriter {
     fn put_policy(&mut self, k: PolicyLpm, v: PolicyCidrValue) -> Result<(), SyncError>;
     fn del_policy(&mut self, k: PolicyLpm) -> Result<(), SyncError>;
     fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError>;
+    fn put_workload_ip(&mut self, k: Addr, v: WorkloadValue) -> Result<(), SyncError>;
+    fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,7 @@ pub struct Syncer {
     sets: HashMap<Arc<BackendSet>, u32>,
     next_set: u32,
     dns: Option<DnsConfig>,
+    workload_ips: HashMap<Addr, WorkloadValue>,
 }
 
 impl Syncer {
@@ -180,6 +184,24 @@ impl Syncer {
                 self.workloads.insert(*k, *v);
                 st.written += 1;
             }
+        }
+        for (k, v) in &desired.workload_ips {
+            if self.workload_ips.get(k) != Some(v) {
+                w.put_workload_ip(*k, *v)?;
+                self.workload_ips.insert(*k, *v);
+                st.written += 1;
+            }
+        }
+        let gone: Vec<Addr> = self
+            .workload_ips
+            .keys()
+            .filter(|k| !desired.workload_ips.contains_key(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_workload_ip(k)?;
+            self.workload_ips.remove(&k);
+            st.deleted += 1;
         }
 
         // 3. Deletions: workloads first (they stop being enforced), then entries
@@ -330,6 +352,12 @@ pub mod tests {
             Ok(())
         }
         fn put_dns(&mut self, _v: DnsConfig) -> Result<(), SyncError> {
+            Ok(())
+        }
+        fn put_workload_ip(&mut self, _k: Addr, _v: WorkloadValue) -> Result<(), SyncError> {
+            Ok(())
+        }
+        fn del_workload_ip(&mut self, _k: Addr) -> Result<(), SyncError> {
             Ok(())
         }
     }

@@ -70,6 +70,8 @@ mod tests {
             labels: Default::default(),
             ip: None,
             ips: vec![],
+            interface: None,
+            audit: false,
         };
         let (ok, err) = resolve(&[cfg]);
         assert!(ok.is_empty());

@@ -22,6 +22,8 @@ pub trait Dataplane {
     /// The DNS capture settings ([`DNS_MAP`]), if configured.
     fn dns(&self) -> Option<DnsConfig>;
     fn learned(&self, key: &LearnedKey) -> Option<LearnedValue>;
+    /// The workload with this address ([`WORKLOAD_IPS_MAP`]).
+    fn workload_by_ip(&self, addr: &Addr) -> Option<WorkloadValue>;
 }
 
 /// One `connect()` as the hook sees it.
@@ -38,6 +40,8 @@ pub struct Connect {
     pub random: u32,
     /// `CLOCK_BOOTTIME` now, in nanoseconds (for learned-entry expiry).
     pub now_ns: u64,
+    /// A `connect()` of a UDP socket (no data is sent by it).
+    pub udp_connect: bool,
 }
 
 /// A classified `connect()`.
@@ -104,6 +108,9 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     {
         return Ok(dns_redirect(&dns, c));
     }
+    if c.proto == PROTO_UDP && workload.flags & WL_UDP == 0 {
+        return Ok(Outcome::Untouched);
+    }
     let policy = d.policy_cidr(&c.addr);
     let mut cluster = false;
     if let Some(p) = policy {
@@ -112,7 +119,7 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         }
         cluster = p.kind == POLICY_CLUSTER;
     }
-    let mut decision = Decision {
+    let decision = Decision {
         workload,
         action: Action::Allow,
         reason: Reason::RegistryMatch,
@@ -120,7 +127,44 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         service_id: 0,
         backend: Backend::default(),
     };
+    if let Some(r) = registry_match(d, c, decision) {
+        return r;
+    }
+    // getaddrinfo() connect()s a UDP socket to every address it got, on the
+    // service port, to pick source addresses (RFC 6724): a destination allowed
+    // over TCP on that port is let through untouched, not counted as refused.
+    if c.proto == PROTO_UDP && c.udp_connect {
+        let tcp = Connect {
+            proto: PROTO_TCP,
+            ..*c
+        };
+        if let Some(Ok(Outcome::Decided(t))) = registry_match(d, &tcp, decision)
+            && matches!(t.action, Action::Allow | Action::Rewrite)
+        {
+            return Ok(Outcome::Untouched);
+        }
+    }
+    let mut decision = decision;
+    if cluster {
+        decision.reason = Reason::ClusterInternal;
+        return Ok(Outcome::Decided(decision));
+    }
+    if workload.flags & WL_REGISTRY_ONLY != 0 {
+        return Ok(Outcome::Decided(deny(decision, Reason::RegistryOnly)));
+    }
+    decision.reason = Reason::AllowAny;
+    Ok(Outcome::Decided(decision))
+}
 
+/// The registry steps (SPEC §7.3 steps 2–4): VIP or endpoint, CIDR, learned.
+/// `None` when nothing in the workload's view matches.
+#[inline(always)]
+fn registry_match<D: Dataplane>(
+    d: &D,
+    c: &Connect,
+    mut decision: Decision,
+) -> Option<Result<Outcome, Error>> {
+    let workload = decision.workload;
     let key = ServiceKey {
         addr: c.addr,
         view_id: workload.view_id,
@@ -132,10 +176,10 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         decision.service_id = svc.service_id;
         if svc.kind == SVC_ENDPOINT {
             decision.matched = MatchKind::Endpoint;
-            return Ok(Outcome::Decided(decision));
+            return Some(Ok(Outcome::Decided(decision)));
         }
         decision.matched = MatchKind::Vip;
-        return pick(d, c, decision, svc.set_id, svc.slots, svc.v4_slots);
+        return Some(pick(d, c, decision, svc.set_id, svc.slots, svc.v4_slots));
     }
 
     let ckey = CidrKey {
@@ -149,7 +193,7 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         decision.service_id = cidr.service_id;
         decision.matched = MatchKind::Cidr;
         if cidr.kind == CIDR_BALANCE {
-            return pick(d, c, decision, cidr.set_id, cidr.slots, cidr.v4_slots);
+            return Some(pick(d, c, decision, cidr.set_id, cidr.slots, cidr.v4_slots));
         }
         if cidr.target_port != 0 && cidr.target_port != c.port {
             decision.action = Action::Rewrite;
@@ -159,7 +203,7 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
                 _pad: [0; 2],
             };
         }
-        return Ok(Outcome::Decided(decision));
+        return Some(Ok(Outcome::Decided(decision)));
     }
 
     let lkey = LearnedKey {
@@ -174,18 +218,9 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     {
         decision.service_id = l.service_id;
         decision.matched = MatchKind::Dns;
-        return Ok(Outcome::Decided(decision));
+        return Some(Ok(Outcome::Decided(decision)));
     }
-
-    if cluster {
-        decision.reason = Reason::ClusterInternal;
-        return Ok(Outcome::Decided(decision));
-    }
-    if workload.flags & WL_REGISTRY_ONLY != 0 {
-        return Ok(Outcome::Decided(deny(decision, Reason::RegistryOnly)));
-    }
-    decision.reason = Reason::AllowAny;
-    Ok(Outcome::Decided(decision))
+    None
 }
 
 /// Where a DNS query goes: the proxy itself is left alone (queries to it always
@@ -224,6 +259,66 @@ fn pick<D: Dataplane>(
     decision.action = Action::Rewrite;
     decision.backend = backend;
     Ok(Outcome::Decided(decision))
+}
+
+/// Who a packet between a workload address and a remote end belongs to, for the
+/// traffic counters: the workload, and the service whose endpoint, CIDR or learned
+/// address the remote end is (0: not in the registry). `None`: not a workload.
+#[inline(always)]
+pub fn attribute<D: Dataplane>(
+    d: &D,
+    workload_addr: &Addr,
+    remote: &Addr,
+    remote_port: u16,
+    proto: u8,
+) -> Option<(u32, u32)> {
+    let w = d.workload_by_ip(workload_addr)?;
+    let key = ServiceKey {
+        addr: *remote,
+        view_id: w.view_id,
+        port: remote_port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(s) = d.service(&key) {
+        return Some((w.workload_id, s.service_id));
+    }
+    let ckey = CidrKey {
+        view_id: w.view_id,
+        port: remote_port,
+        proto,
+        _pad: 0,
+        addr: *remote,
+    };
+    if let Some(c) = d.cidr(&ckey) {
+        return Some((w.workload_id, c.service_id));
+    }
+    let lkey = LearnedKey {
+        addr: *remote,
+        workload_id: w.workload_id,
+        port: remote_port,
+        proto,
+        _pad: 0,
+    };
+    let service_id = d.learned(&lkey).map_or(0, |l| l.service_id);
+    Some((w.workload_id, service_id))
+}
+
+/// Token-bucket step for the access-log rate limit: true when an event may be
+/// emitted. `interval_ns` is the cost of one event, `burst_ns` the credit cap.
+#[inline(always)]
+pub fn rate_allow(b: &mut RateBucket, now_ns: u64, interval_ns: u64, burst_ns: u64) -> bool {
+    let earned = now_ns.saturating_sub(b.last_ns);
+    b.last_ns = now_ns;
+    let credit = b.credit_ns.saturating_add(earned);
+    b.credit_ns = if credit > burst_ns { burst_ns } else { credit };
+    if b.credit_ns >= interval_ns {
+        b.credit_ns -= interval_ns;
+        true
+    } else {
+        b.dropped += 1;
+        false
+    }
 }
 
 /// A denial, or its audited form when the workload is in audit mode.
@@ -285,6 +380,7 @@ mod tests {
         backends: HashMap<BackendKey, Backend>,
         dns: Option<DnsConfig>,
         learned: HashMap<LearnedKey, LearnedValue>,
+        workload_ips: HashMap<Addr, WorkloadValue>,
     }
 
     fn masked(a: &Addr, bits: u32) -> Addr {
@@ -337,6 +433,9 @@ mod tests {
         }
         fn learned(&self, key: &LearnedKey) -> Option<LearnedValue> {
             self.learned.get(key).copied()
+        }
+        fn workload_by_ip(&self, addr: &Addr) -> Option<WorkloadValue> {
+            self.workload_ips.get(addr).copied()
         }
     }
 
@@ -440,6 +539,7 @@ mod tests {
             v4_socket: crate::addr::is_v4_mapped(&ad),
             random,
             now_ns: 1_000,
+            udp_connect: false,
         }
     }
 
@@ -710,6 +810,76 @@ mod tests {
         let mut c = conn("192.0.2.9", 443, 0);
         c.now_ns = 5_000;
         assert_eq!(decided(classify(&f, &c)).action, Action::Deny);
+    }
+
+    #[test]
+    fn udp_is_enforced_only_with_the_udp_flag() {
+        let mut c = conn("192.0.2.1", 5000, 0);
+        c.proto = PROTO_UDP;
+        let f = world(WL_REGISTRY_ONLY);
+        assert_eq!(classify(&f, &c), Ok(Outcome::Untouched));
+        let f = world(WL_REGISTRY_ONLY | WL_UDP);
+        assert_eq!(decided(classify(&f, &c)).action, Action::Deny);
+    }
+
+    #[test]
+    fn udp_connect_probe_of_a_tcp_destination_is_untouched() {
+        let f = world(WL_REGISTRY_ONLY | WL_UDP);
+        // getaddrinfo's source-address probe of a VIP: untouched.
+        let mut c = conn("240.240.0.1", 80, 0);
+        c.proto = PROTO_UDP;
+        c.udp_connect = true;
+        assert_eq!(classify(&f, &c), Ok(Outcome::Untouched));
+        // Sending to it is still refused.
+        c.udp_connect = false;
+        assert_eq!(decided(classify(&f, &c)).action, Action::Deny);
+        // A UDP connect to something TCP would not reach is refused.
+        let mut c = conn("192.0.2.1", 80, 0);
+        c.proto = PROTO_UDP;
+        c.udp_connect = true;
+        assert_eq!(decided(classify(&f, &c)).action, Action::Deny);
+    }
+
+    #[test]
+    fn traffic_is_attributed_to_workload_and_service() {
+        let mut f = world(WL_REGISTRY_ONLY);
+        f.workload_ips.insert(a("198.18.0.2"), f.workloads[&POD_CG]);
+        let pod = a("198.18.0.2");
+        // A backend (endpoint entry), a CIDR, and an unknown remote.
+        assert_eq!(
+            attribute(&f, &pod, &a("198.18.0.11"), 8080, PROTO_TCP),
+            Some((7, 3))
+        );
+        assert_eq!(
+            attribute(&f, &pod, &a("203.0.113.5"), 443, PROTO_TCP),
+            Some((7, 4))
+        );
+        assert_eq!(
+            attribute(&f, &pod, &a("192.0.2.99"), 443, PROTO_TCP),
+            Some((7, 0))
+        );
+        assert_eq!(
+            attribute(&f, &a("198.18.0.99"), &a("198.18.0.11"), 8080, PROTO_TCP),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let mut b = RateBucket::default();
+        let (interval, burst) = (100, 300);
+        // Long idle: a full burst of three.
+        let now = 10_000;
+        let allowed = (0..10)
+            .filter(|_| rate_allow(&mut b, now, interval, burst))
+            .count();
+        assert_eq!(allowed, 3);
+        assert_eq!(b.dropped, 7);
+        // 250 ns later: two more intervals earned.
+        let allowed = (0..10)
+            .filter(|_| rate_allow(&mut b, now + 250, interval, burst))
+            .count();
+        assert_eq!(allowed, 2);
     }
 
     #[test]

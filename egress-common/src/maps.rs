@@ -37,6 +37,12 @@ pub const DNS_MAP: &str = "EGRESS_DNS";
 pub const UDP_NAT_MAP: &str = "EGRESS_UDPNAT";
 /// [`LearnedKey`] → [`LearnedValue`]: destinations a workload learned from DNS.
 pub const LEARNED_MAP: &str = "EGRESS_LEARNED";
+/// [`IpKey`] → [`WorkloadValue`]: workloads by address, for traffic attribution.
+pub const WORKLOAD_IPS_MAP: &str = "EGRESS_WLIPS";
+/// Per-CPU [`TrafficKey`] → [`TrafficValue`]: packets and payload bytes.
+pub const TRAFFIC_MAP: &str = "EGRESS_TRAFFIC";
+/// Per-CPU workload id → [`RateBucket`]: the access-log rate limit.
+pub const RATE_MAP: &str = "EGRESS_RATE";
 
 /// Every map the programs define, for checks and inspection.
 pub const ALL_MAPS: &[&str] = &[
@@ -52,6 +58,9 @@ pub const ALL_MAPS: &[&str] = &[
     DNS_MAP,
     UDP_NAT_MAP,
     LEARNED_MAP,
+    WORKLOAD_IPS_MAP,
+    TRAFFIC_MAP,
+    RATE_MAP,
 ];
 
 /// Capacities. The agent may raise them at load time (`EbpfLoader::map_max_entries`).
@@ -65,6 +74,7 @@ pub const STATS_MAX: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const UDP_NAT_MAX: u32 = 262_144;
 pub const LEARNED_MAX: u32 = 262_144;
+pub const TRAFFIC_MAX: u32 = 65_536;
 
 /// Well-known DNS port.
 pub const DNS_PORT: u16 = 53;
@@ -220,10 +230,14 @@ pub enum Counter {
     DnsRedirected = 11,
     /// A redirected UDP flow's reply mapping could not be recorded.
     UdpNatFull = 12,
+    /// A denied/audited attempt was not logged: over its workload's rate.
+    EventsRateLimited = 13,
+    /// A traffic counter could not be created (map full).
+    TrafficFull = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -238,6 +252,8 @@ impl Counter {
         Self::ErrRecvmsg6,
         Self::DnsRedirected,
         Self::UdpNatFull,
+        Self::EventsRateLimited,
+        Self::TrafficFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -255,6 +271,8 @@ impl Counter {
             Self::ErrRecvmsg6 => "recvmsg6_errors",
             Self::DnsRedirected => "dns_redirected",
             Self::UdpNatFull => "udp_nat_full",
+            Self::EventsRateLimited => "events_rate_limited",
+            Self::TrafficFull => "traffic_full",
         }
     }
 }
@@ -267,6 +285,8 @@ impl Counter {
 pub const WL_REGISTRY_ONLY: u32 = 1;
 /// Workload flag: denials are computed and reported but the connection is allowed.
 pub const WL_AUDIT: u32 = 2;
+/// Workload flag: UDP other than DNS is enforced too (`udpEnforcement`).
+pub const WL_UDP: u32 = 4;
 
 /// Value of [`WORKLOADS_MAP`], keyed by cgroup id (u64).
 #[repr(C)]
@@ -484,6 +504,48 @@ pub struct LearnedValue {
 }
 const _: () = assert!(size_of::<LearnedValue>() == 16);
 
+/// [`TrafficKey::dir`]: from the workload.
+pub const DIR_SENT: u8 = 0;
+/// [`TrafficKey::dir`]: to the workload.
+pub const DIR_RECEIVED: u8 = 1;
+
+/// Key of [`TRAFFIC_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrafficKey {
+    pub workload_id: u32,
+    /// 0 when the remote end is not in the registry.
+    pub service_id: u32,
+    /// The remote port, host byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `DIR_*`.
+    pub dir: u8,
+}
+const _: () = assert!(size_of::<TrafficKey>() == 12);
+
+/// Value of [`TRAFFIC_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrafficValue {
+    pub packets: u64,
+    /// L4 payload bytes (what the application sent or received).
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<TrafficValue>() == 16);
+
+/// Value of [`RATE_MAP`]: a token bucket kept as time credit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateBucket {
+    /// Nanoseconds of credit; one event costs the load-time interval.
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    /// Events this workload could not log on this CPU.
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<RateBucket>() == 24);
+
 /// Key of [`STATS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -553,4 +615,7 @@ mod pod {
     unsafe impl aya::Pod for UdpNatValue {}
     unsafe impl aya::Pod for LearnedKey {}
     unsafe impl aya::Pod for LearnedValue {}
+    unsafe impl aya::Pod for TrafficKey {}
+    unsafe impl aya::Pod for TrafficValue {}
+    unsafe impl aya::Pod for RateBucket {}
 }

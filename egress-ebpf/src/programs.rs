@@ -11,11 +11,11 @@ use aya_ebpf::{
             bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
         },
     },
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock_addr, classifier, map},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
-    programs::SockAddrContext,
+    programs::{SockAddrContext, TcContext},
 };
 use egress_common::{
     addr::{Addr, is_v4_mapped, v4_mapped, v4_octets},
@@ -54,6 +54,22 @@ static EGRESS_UDPNAT: LruHashMap<UdpNatKey, UdpNatValue> =
 #[map]
 static EGRESS_LEARNED: HashMap<LearnedKey, LearnedValue> =
     HashMap::with_max_entries(LEARNED_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_WLIPS: HashMap<Addr, WorkloadValue> =
+    HashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficValue> =
+    PerCpuHashMap::with_max_entries(TRAFFIC_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_RATE: PerCpuHashMap<u32, RateBucket> =
+    PerCpuHashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
+
+/// Load-time globals of the access-log rate limit (per workload, per CPU): the
+/// cost of one event in nanoseconds (1 s / rate) and the burst credit.
+#[unsafe(no_mangle)]
+static EVENT_INTERVAL_NS: u64 = 100_000_000;
+#[unsafe(no_mangle)]
+static EVENT_BURST_NS: u64 = 2_000_000_000;
 
 /// Load-time global: 1 lets a `connect()` through when the program fails internally,
 /// 0 (the default) refuses it. Set by the agent with `EbpfLoader::set_global`.
@@ -141,6 +157,36 @@ impl Dataplane for Kernel {
         // SAFETY: the value is copied out immediately.
         unsafe { EGRESS_LEARNED.get(key).copied() }
     }
+
+    #[inline(always)]
+    fn workload_by_ip(&self, addr: &Addr) -> Option<WorkloadValue> {
+        // SAFETY: the value is copied out immediately.
+        unsafe { EGRESS_WLIPS.get(addr).copied() }
+    }
+}
+
+/// May this workload log one more event now? (Per-CPU token bucket.)
+#[inline(always)]
+fn rate_ok(workload_id: u32, now_ns: u64) -> bool {
+    // SAFETY: load-time constants; read volatile so the loader's values are used.
+    let (interval, burst) = unsafe {
+        (
+            core::ptr::read_volatile(&EVENT_INTERVAL_NS),
+            core::ptr::read_volatile(&EVENT_BURST_NS),
+        )
+    };
+    if let Some(b) = EGRESS_RATE.get_ptr_mut(workload_id) {
+        // SAFETY: per-CPU value, only this CPU touches it while we run.
+        return decide::rate_allow(unsafe { &mut *b }, now_ns, interval, burst);
+    }
+    let mut b = RateBucket {
+        credit_ns: burst,
+        last_ns: now_ns,
+        dropped: 0,
+    };
+    let ok = decide::rate_allow(&mut b, now_ns, interval, burst);
+    let _ = EGRESS_RATE.insert(workload_id, b, 0);
+    ok
 }
 
 #[inline(always)]
@@ -163,6 +209,10 @@ fn count(key: &StatKey) {
 
 #[inline(always)]
 fn emit(d: &Decision, c: &Connect, family: u8) {
+    if !rate_ok(d.workload.workload_id, c.now_ns) {
+        bump(Counter::EventsRateLimited);
+        return;
+    }
     let Some(mut entry) = EGRESS_EVENTS.reserve::<Event>(0) else {
         bump(Counter::EventsDropped);
         return;
@@ -304,6 +354,7 @@ fn destination(ctx: &SockAddrContext, family: Family, proto: u8) -> Connect {
         random: unsafe { bpf_get_prandom_u32() },
         // SAFETY: as above.
         now_ns: unsafe { bpf_ktime_get_boot_ns() },
+        udp_connect: false,
     }
 }
 
@@ -314,11 +365,8 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(VERDICT_ALLOW);
     }
-    let c = destination(ctx, family, proto);
-    // Only DNS is handled for UDP here; other UDP passes.
-    if proto == PROTO_UDP && c.port != DNS_PORT {
-        return Ok(VERDICT_ALLOW);
-    }
+    let mut c = destination(ctx, family, proto);
+    c.udp_connect = proto == PROTO_UDP;
     let d = match decide::classify(&Kernel, &c)? {
         Outcome::Untouched => return Ok(VERDICT_ALLOW),
         Outcome::Dns(to) => {
@@ -332,9 +380,6 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
         }
         Outcome::Decided(d) => d,
     };
-    if proto == PROTO_UDP {
-        return Ok(VERDICT_ALLOW);
-    }
     count(&decide::stat_key(&d, &c));
     let fam = if family == Family::V4 { 4 } else { 6 };
     match d.action {
@@ -346,6 +391,9 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
                 return Err(decide::Error::MissingBackend);
             }
             remember_peer(ctx, &d.backend, &c.addr, c.port);
+            if proto == PROTO_UDP {
+                remember_udp(ctx, &d.backend, &c.addr, c.port);
+            }
             write_addr(ctx, family, &d.backend.addr, d.backend.port);
             Ok(VERDICT_ALLOW)
         }
@@ -360,19 +408,42 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
     }
 }
 
-/// Unconnected UDP sends: DNS queries go to the proxy.
+/// Unconnected UDP sends: DNS queries go to the proxy; other datagrams are
+/// classified like a connect() (each send is one classification).
 #[inline(always)]
 fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
     let c = destination(ctx, family, PROTO_UDP);
-    if c.port != DNS_PORT {
-        return Ok(VERDICT_ALLOW);
+    let d = match decide::classify(&Kernel, &c)? {
+        Outcome::Untouched => return Ok(VERDICT_ALLOW),
+        Outcome::Dns(to) => {
+            remember_udp(ctx, &to, &c.addr, c.port);
+            write_addr(ctx, family, &to.addr, to.port);
+            bump(Counter::DnsRedirected);
+            return Ok(VERDICT_ALLOW);
+        }
+        Outcome::Decided(d) => d,
+    };
+    count(&decide::stat_key(&d, &c));
+    let fam = if family == Family::V4 { 4 } else { 6 };
+    match d.action {
+        Action::Allow => Ok(VERDICT_ALLOW),
+        Action::Rewrite => {
+            if family == Family::V4 && !is_v4_mapped(&d.backend.addr) {
+                return Err(decide::Error::MissingBackend);
+            }
+            remember_udp(ctx, &d.backend, &c.addr, c.port);
+            write_addr(ctx, family, &d.backend.addr, d.backend.port);
+            Ok(VERDICT_ALLOW)
+        }
+        Action::Audit => {
+            emit(&d, &c, fam);
+            Ok(VERDICT_ALLOW)
+        }
+        Action::Deny => {
+            emit(&d, &c, fam);
+            Ok(VERDICT_DENY)
+        }
     }
-    if let Outcome::Dns(to) = decide::classify(&Kernel, &c)? {
-        remember_udp(ctx, &to, &c.addr, c.port);
-        write_addr(ctx, family, &to.addr, to.port);
-        bump(Counter::DnsRedirected);
-    }
-    Ok(VERDICT_ALLOW)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -487,4 +558,101 @@ pub fn egress_getpeername6(ctx: SockAddrContext) -> i32 {
             VERDICT_PASS
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Traffic counters: TC on the host side of each workload's veth. Packets from the
+// workload arrive there as ingress ("sent"), packets to it leave as egress
+// ("received"). Counted per (workload, service, remote port, protocol).
+// ---------------------------------------------------------------------------------
+
+/// TCX: let the next program (or the default action) decide.
+const TCX_NEXT: i32 = -1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[inline(always)]
+fn try_count(ctx: &TcContext, dir: u8) -> Result<(), i64> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
+    let (proto, src, dst, l4) = match ethertype {
+        ETH_P_IP => {
+            let ihl = usize::from(ctx.load::<u8>(ETH_HLEN)? & 0x0f) * 4;
+            let proto: u8 = ctx.load(ETH_HLEN + 9)?;
+            let src: [u8; 4] = ctx.load(ETH_HLEN + 12)?;
+            let dst: [u8; 4] = ctx.load(ETH_HLEN + 16)?;
+            (proto, v4_mapped(src), v4_mapped(dst), ETH_HLEN + ihl)
+        }
+        ETH_P_IPV6 => {
+            let proto: u8 = ctx.load(ETH_HLEN + 6)?;
+            let src: [u8; 16] = ctx.load(ETH_HLEN + 8)?;
+            let dst: [u8; 16] = ctx.load(ETH_HLEN + 24)?;
+            (proto, src, dst, ETH_HLEN + 40)
+        }
+        _ => return Ok(()),
+    };
+    let l4_len = match proto {
+        PROTO_TCP => usize::from(ctx.load::<u8>(l4 + 12)? >> 4) * 4,
+        PROTO_UDP => 8,
+        _ => return Ok(()),
+    };
+    let sport = u16::from_be(ctx.load::<u16>(l4)?);
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
+    let (local, remote, remote_port) = if dir == DIR_SENT {
+        (src, dst, dport)
+    } else {
+        (dst, src, sport)
+    };
+    let Some((workload_id, service_id)) =
+        decide::attribute(&Kernel, &local, &remote, remote_port, proto)
+    else {
+        return Ok(());
+    };
+    let payload = (ctx.len() as u64).saturating_sub((l4 + l4_len) as u64);
+    let key = TrafficKey {
+        workload_id,
+        service_id,
+        port: remote_port,
+        proto,
+        dir,
+    };
+    if let Some(v) = EGRESS_TRAFFIC.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU touches it while we run.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += payload;
+        }
+        return Ok(());
+    }
+    let v = TrafficValue {
+        packets: 1,
+        bytes: payload,
+    };
+    if EGRESS_TRAFFIC.insert(key, v, BPF_NOEXIST as u64).is_err() {
+        match EGRESS_TRAFFIC.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(p) => unsafe {
+                (*p).packets += 1;
+                (*p).bytes += payload;
+            },
+            None => bump(Counter::TrafficFull),
+        }
+    }
+    Ok(())
+}
+
+/// Host-side veth ingress: packets the workload sends.
+#[classifier]
+pub fn egress_tc_sent(ctx: TcContext) -> i32 {
+    // A packet that cannot be parsed is simply not counted: counting never drops.
+    let _ = try_count(&ctx, DIR_SENT);
+    TCX_NEXT
+}
+
+/// Host-side veth egress: packets the workload receives.
+#[classifier]
+pub fn egress_tc_received(ctx: TcContext) -> i32 {
+    let _ = try_count(&ctx, DIR_RECEIVED);
+    TCX_NEXT
 }

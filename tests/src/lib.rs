@@ -303,16 +303,16 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
-/// The test network: a hub namespace with a bridge, and on it a "node" namespace
-/// (198.18.0.1, 2001:db8::1: where the agent runs, as on a Kubernetes node), pod
+/// The test network, shaped like a Kubernetes node: a "node" namespace (where the
+/// agent runs) holding a bridge with the node's addresses (198.18.0.1,
+/// 2001:db8::1) and the host side of every veth (`vpod{i}`, `vext{i}`); pod
 /// namespaces (pod i from 0: 198.18.0.(2+i), 2001:db8::(2+i)) and "external" host
-/// namespaces (host i from 1: 198.18.0.(10+i), 2001:db8::(10+i)). No route leaves
-/// the segment, so a VIP that is not rewritten is unreachable.
+/// namespaces (host i from 1: 198.18.0.(10+i), 2001:db8::(10+i)) on it. No route
+/// leaves the segment, so a VIP that is not rewritten is unreachable.
 pub struct Net {
     pub pods: Vec<Netns>,
     pub ext: Vec<Netns>,
     pub node: Netns,
-    pub hub: Netns,
 }
 
 pub const NODE_V4: &str = "198.18.0.1";
@@ -339,24 +339,31 @@ impl Net {
 
     pub fn with_pods(pods: usize, externals: usize) -> Self {
         let id = unique("eg");
-        let hub = Netns::new(&format!("{id}h"));
-        hub.ip(&["link", "add", "br0", "type", "bridge"]);
-        hub.ip(&["link", "set", "br0", "up"]);
+        let node = Netns::new(&format!("{id}n"));
+        node.ip(&["link", "add", "br0", "type", "bridge"]);
+        node.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", "br0"]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_V6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        node.ip(&["link", "set", "br0", "up"]);
         let attach = |ns: &Netns, port: &str, v4: &str, v6: &str| {
             sh(
                 "ip",
                 &[
-                    "-n", &hub.name, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                    "-n", &node.name, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                     "netns", &ns.name,
                 ],
             );
-            hub.ip(&["link", "set", port, "master", "br0", "up"]);
+            node.ip(&["link", "set", port, "master", "br0", "up"]);
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
             ns.ip(&["link", "set", "eth0", "up"]);
         };
-        let node = Netns::new(&format!("{id}n"));
-        attach(&node, "vnode", NODE_V4, NODE_V6);
         let mut pod_list = Vec::new();
         for i in 0..pods {
             let ns = Netns::new(&format!("{id}p{i}"));
@@ -383,7 +390,6 @@ impl Net {
             pods: pod_list,
             ext,
             node,
-            hub,
         }
     }
 

@@ -119,6 +119,28 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, name: &str, hits: &Mutex<Vec<H
         peer,
         first_line: first_line.clone(),
     });
+    // GET /bytes/N answers with N bytes (for traffic accounting tests).
+    if let Some(n) = first_line
+        .strip_prefix("GET /bytes/")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if stream.write_all(&chunk[..k]).is_err() {
+                return;
+            }
+            left -= k;
+        }
+        let _ = stream.flush();
+        return;
+    }
     let body = format!("hello from {name}\n");
     if first_line.contains("HTTP/1.") {
         let _ = write!(
@@ -130,4 +152,56 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, name: &str, hits: &Mutex<Vec<H
         let _ = stream.write_all(body.as_bytes());
     }
     let _ = stream.flush();
+}
+
+/// A UDP server that answers every datagram with `echo from NAME`; stops on drop.
+pub struct UdpServer {
+    pub addr: SocketAddr,
+    hits: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    pub fn start(ns: &Netns, addr: SocketAddr, name: &str) -> Self {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (h, s, n, path) = (hits.clone(), stop.clone(), name.to_owned(), ns.path());
+        let thread = std::thread::spawn(move || {
+            crate::enter_netns(&path);
+            let sock = std::net::UdpSocket::bind(addr).expect("bind UDP server");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            let reply = format!("echo from {n}\n");
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, src)) = sock.recv_from(&mut buf) {
+                    h.lock().unwrap().push(src);
+                    let _ = sock.send_to(reply.as_bytes(), src);
+                }
+            }
+        });
+        rx.recv().unwrap();
+        Self {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn hit_count(&self) -> usize {
+        self.hits.lock().unwrap().len()
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

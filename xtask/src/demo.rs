@@ -194,12 +194,8 @@ pub fn demo(hold: bool) -> Result<()> {
         println!("  {:<45} {} connection(s)", s.name, s.hit_count());
     }
     println!();
-    println!("-- access log (refusals, from the agent's log) --");
-    for line in agent
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("egress::access"))
-    {
+    println!("-- access log (one JSON line per refusal) --");
+    for line in agent.log_text().lines().filter(|l| l.starts_with('{')) {
         println!("  {line}");
     }
     println!();
@@ -209,6 +205,13 @@ pub fn demo(hold: bool) -> Result<()> {
         .lines()
         .filter(|l| l.starts_with("egress_connections_total{"))
     {
+        println!("  {}", shorten(line));
+    }
+    println!();
+    println!("-- traffic counted on the pod's veth (payload bytes), per destination service --");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("egress_sent_bytes_total{") || l.starts_with("egress_received_bytes_total{")
+    }) {
         println!("  {}", shorten(line));
     }
     let denied = metric_sum(
@@ -292,14 +295,15 @@ fn shorten(line: &str) -> String {
     let Some((labels, value)) = line.rsplit_once(' ') else {
         return line.to_owned();
     };
-    let inner = labels
-        .trim_start_matches("egress_connections_total{")
-        .trim_end_matches('}');
+    let Some((family, inner)) = labels.split_once('{') else {
+        return line.to_owned();
+    };
+    let inner = inner.trim_end_matches('}');
     let kept: Vec<&str> = inner
         .split(',')
         .filter(|kv| KEEP.iter().any(|k| kv.starts_with(k)))
         .collect();
-    format!("egress_connections_total{{{}}} {value}", kept.join(","))
+    format!("{family}{{{}}} {value}", kept.join(","))
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {
