@@ -1,6 +1,8 @@
 //! Project tasks: `cargo xtask setup | lint | test | demo`.
 
+mod bench;
 mod demo;
+mod report;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,12 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// Benchmarks against no enforcement, iptables, nftables and a proxy; writes
+    /// BENCHMARKS.md (full) or target/bench-quick/ (--quick, the CI smoke run).
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build a sandbox, run the agent on config/, show rewrites and refusals.
     Demo {
         /// Keep the sandbox and agent running until Ctrl-C.
@@ -46,6 +54,7 @@ fn main() -> Result<()> {
         }
         Task::Test { filter } => test(filter),
         Task::Demo { hold } => demo::demo(hold),
+        Task::Bench { quick } => bench::bench(quick),
     }
 }
 

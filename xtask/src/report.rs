@@ -1,0 +1,376 @@
+//! BENCHMARKS.md and the plots, from a bench run's results.json. Numbers are what
+//! was measured; targets are checked, never written in.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::bench::median;
+
+struct Trials<'a> {
+    t: &'a [Value],
+}
+
+impl<'a> Trials<'a> {
+    fn reps(&self) -> usize {
+        self.t.iter().filter_map(|x| x["rep"].as_u64()).max().map_or(0, |m| m as usize + 1)
+    }
+
+    fn value(&self, rep: usize, mech: &str, n: u64, key: &str) -> Option<f64> {
+        self.t
+            .iter()
+            .find(|x| x["rep"] == rep as u64 && x["mechanism"] == mech && x["n"] == n)
+            .and_then(|x| x["values"][key].as_f64())
+    }
+
+    fn med(&self, mech: &str, n: u64, key: &str) -> f64 {
+        median((0..self.reps()).filter_map(|r| self.value(r, mech, n, key)).collect())
+    }
+
+    /// Median over repetitions of value / base value in the same repetition.
+    fn ratio(&self, mech: &str, n: u64, base: &str, key: &str) -> f64 {
+        median(
+            (0..self.reps())
+                .filter_map(|r| Some(self.value(r, mech, n, key)? / self.value(r, base, 0, key)?))
+                .collect(),
+        )
+    }
+
+    fn configs(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .t
+            .iter()
+            .map(|x| (x["mechanism"].as_str().unwrap_or("").to_owned(), x["n"].as_u64().unwrap_or(0)))
+            .collect();
+        let order = |m: &str| match m {
+            "none" => 0,
+            "egress" => 1,
+            "iptables" => 2,
+            "nftables" => 3,
+            "haproxy" => 4,
+            "loopback none" => 5,
+            _ => 6,
+        };
+        v.sort_by_key(|(m, n)| (order(m), *n));
+        v.dedup();
+        v
+    }
+}
+
+fn f(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".into()
+    }
+}
+
+fn base_of(mech: &str) -> &'static str {
+    if mech.starts_with("loopback") {
+        "loopback none"
+    } else {
+        "none"
+    }
+}
+
+/// The report.
+pub fn render(results: &Value, plan: &str) -> Result<String> {
+    let t = Trials {
+        t: results["trials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+    };
+    let mut o = String::new();
+    let quick = results["quick"] == true;
+    let _ = writeln!(o, "# Benchmarks\n");
+    if quick {
+        let _ = writeln!(o, "**Quick smoke run** (`cargo xtask bench --quick`): too short for conclusions.\n");
+    }
+    let _ = writeln!(
+        o,
+        "egress against no enforcement, iptables, nftables and a userspace proxy (HAProxy), \
+         measured side by side in one run by `cargo xtask bench` (this file, `bench/results.json` \
+         and `bench/*.svg` are its output; nothing here is written by hand except the analysis \
+         at the end).\n"
+    );
+    let _ = writeln!(o, "## Machine\n\n| | |\n|---|---|");
+    if let Some(m) = results["machine"].as_object() {
+        for (k, v) in m {
+            let _ = writeln!(o, "| {k} | {} |", v.as_str().unwrap_or(""));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Method\n\n- World: a client \"pod\" network namespace in its own cgroup, a server \
+         namespace, both on a bridge in a \"node\" namespace (veth pairs, 198.18.0.0/24); the \
+         loopback variant has client and server in the pod namespace on 127.0.0.1.\n\
+         - Mechanisms: **none** (client → server directly); **egress** (the agent, REGISTRY_ONLY, \
+         client → VIP rewritten to the server, with traffic counters on the pod veth); **iptables** \
+         (nat OUTPUT DNAT rules, the matching rule after *n* unrelated ones, filter OUTPUT \
+         allow-list then REJECT with TCP reset); **nftables** (a DNAT map of *n*+2 elements and an \
+         allow set, then reject); **haproxy** (TCP proxy in the pod namespace on 127.0.0.1, the \
+         sidecar model without the redirect).\n\
+         - *n* is the number of unrelated registered services (egress: ServiceEntries with a VIP \
+         and an endpoint; iptables: rules before the match; nftables: map elements).\n\
+         - Client: `egress-bench` (Rust): connect, 64-byte request, 64-byte reply, server closes. \
+         Rate with 32 connections in flight; connect latency (time in `connect()`) from \
+         sequential connections; \"denied\" is the time until a refused `connect()` returns.\n\
+         - Every configuration runs in every repetition, in a random order, each in freshly built \
+         namespaces; the tables show medians over repetitions of per-repetition values and of \
+         ratios to **none** measured in the same repetition.\n- Plan: {plan}\n\
+         - Reproduce: `cargo xtask bench` (full, writes this file) or `cargo xtask bench --quick`.\n"
+    );
+
+    let _ = writeln!(o, "## Connection setup\n");
+    let _ = writeln!(
+        o,
+        "| mechanism | n | conn/s | ×none | connect p50 µs | ×none | connect p99 µs | ×none | denied p50 µs | client CPU µs/conn ×none |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (m, n) in t.configs() {
+        let b = base_of(&m);
+        let _ = writeln!(
+            o,
+            "| {m} | {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f(t.med(&m, n, "rate"), 0),
+            f(t.ratio(&m, n, b, "rate"), 2),
+            f(t.med(&m, n, "p50_us"), 1),
+            f(t.ratio(&m, n, b, "p50_us"), 2),
+            f(t.med(&m, n, "p99_us"), 1),
+            f(t.ratio(&m, n, b, "p99_us"), 2),
+            f(t.med(&m, n, "deny_p50_us"), 1),
+            f(t.ratio(&m, n, b, "cpu_us_per_conn"), 2),
+        );
+    }
+    let _ = writeln!(o, "\nLoopback rows are relative to **loopback none**. ![connection rate](bench/rate.svg) ![p99](bench/p99.svg)\n");
+
+    let _ = writeln!(o, "## Throughput (one long TCP transfer)\n\n| mechanism | Gbit/s | ×none |\n|---|---:|---:|");
+    for (m, n) in t.configs() {
+        let g = t.med(&m, n, "gbit");
+        if g.is_finite() {
+            let _ = writeln!(o, "| {m} (n={n}) | {} | {} |", f(g, 1), f(t.ratio(&m, n, base_of(&m), "gbit"), 3));
+        }
+    }
+    let _ = writeln!(o, "\n![throughput](bench/throughput.svg)\n");
+
+    let _ = writeln!(
+        o,
+        "## Policy update latency\n\nFrom writing a new ServiceEntry file to the first successful \
+         connect through its VIP, with *n* entries loaded.\n\n| n | p50 ms | p99 ms | max ms | agent ready s | RSS MiB |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    if let Some(u) = results["updates"].as_object() {
+        for (n, v) in u {
+            let _ = writeln!(
+                o,
+                "| {n} | {} | {} | {} | {} | {} |",
+                f(v["p50_ms"].as_f64().unwrap_or(f64::NAN), 1),
+                f(v["p99_ms"].as_f64().unwrap_or(f64::NAN), 1),
+                f(v["max_ms"].as_f64().unwrap_or(f64::NAN), 1),
+                f(v["ready_s"].as_f64().unwrap_or(f64::NAN), 2),
+                f(v["rss_mib"].as_f64().unwrap_or(f64::NAN), 0),
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n## Full load\n\nAgent start to ready (maps filled, programs attached), and its memory.\n\n| n | ready s | RSS MiB | peak RSS MiB |\n|---:|---:|---:|---:|"
+    );
+    if let Some(l) = results["loads"].as_object() {
+        for (n, v) in l {
+            let _ = writeln!(
+                o,
+                "| {n} | {} | {} | {} |",
+                f(v["ready_s"].as_f64().unwrap_or(f64::NAN), 2),
+                f(v["rss_mib"].as_f64().unwrap_or(f64::NAN), 0),
+                f(v["hwm_mib"].as_f64().unwrap_or(f64::NAN), 0),
+            );
+        }
+    }
+    let dns = &results["dns"];
+    let g = |case: &str, k: &str| dns[case][k].as_f64().unwrap_or(f64::NAN);
+    let _ = writeln!(
+        o,
+        "\n## DNS proxy\n\nUDP A queries from the pod. *direct*: to the upstream server, not \
+         captured (a process outside the workload cgroup). *proxy*: the same query captured into \
+         the agent's proxy — a registry host answered with its VIP, or a name forwarded upstream.\n\n\
+         | case | p50 µs | p99 µs | added p50 µs | added p99 µs | queries/s (8 clients) |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for case in ["direct", "proxy_vip", "proxy_forwarded"] {
+        let added = |k: &str| if case == "direct" { f64::NAN } else { g(case, k) - g("direct", k) };
+        let _ = writeln!(
+            o,
+            "| {case} | {} | {} | {} | {} | {} |",
+            f(g(case, "p50_us"), 1),
+            f(g(case, "p99_us"), 1),
+            f(added("p50_us"), 1),
+            f(added("p99_us"), 1),
+            f(g(case, "qps"), 0)
+        );
+    }
+
+    // Targets.
+    let _ = writeln!(o, "\n## Targets\n\n| target | measured | |\n|---|---|---|");
+    let sizes: Vec<u64> = t.configs().iter().filter(|(m, _)| m == "egress").map(|(_, n)| *n).collect();
+    let worst_rate = sizes.iter().map(|n| t.ratio("egress", *n, "none", "rate")).fold(f64::INFINITY, f64::min);
+    let worst_p99 = sizes.iter().map(|n| t.ratio("egress", *n, "none", "p99_us")).fold(0.0, f64::max);
+    let thr = sizes
+        .iter()
+        .map(|n| t.ratio("egress", *n, "none", "gbit"))
+        .find(|x| x.is_finite())
+        .unwrap_or(f64::NAN);
+    let upd = results["updates"]["10000"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    let load = &results["loads"]["100000"];
+    let vip_added = g("proxy_vip", "p99_us") - g("direct", "p99_us");
+    let check = |ok: bool, miss: String| if ok { "met".to_owned() } else { format!("**missed** {miss}") };
+    let rows = [
+        (
+            "connect rate ≥ 0.95 × none at every size",
+            format!("worst {} (sizes {:?})", f(worst_rate, 2), sizes),
+            check(worst_rate >= 0.95, format!("by {}", f(0.95 - worst_rate, 2))),
+        ),
+        (
+            "connect p99 ≤ 1.10 × none at every size",
+            format!("worst {}", f(worst_p99, 2)),
+            check(worst_p99 <= 1.10, format!("by {}", f(worst_p99 - 1.10, 2))),
+        ),
+        (
+            "throughput ≥ 0.98 × none (with counters)",
+            f(thr, 3),
+            check(thr >= 0.98, format!("by {}", f(0.98 - thr, 3))),
+        ),
+        (
+            "update p99 ≤ 100 ms at 10 000 entries",
+            format!("{} ms", f(upd, 1)),
+            check(upd <= 100.0, format!("by {} ms", f(upd - 100.0, 1))),
+        ),
+        (
+            "100 000 entries loaded in ≤ 5 s",
+            format!("{} s", f(load["ready_s"].as_f64().unwrap_or(f64::NAN), 2)),
+            check(
+                load["ready_s"].as_f64().is_some_and(|x| x <= 5.0),
+                format!("by {} s", f(load["ready_s"].as_f64().unwrap_or(f64::NAN) - 5.0, 2)),
+            ),
+        ),
+        (
+            "… with ≤ 200 MiB RSS",
+            format!("{} MiB (peak {})", f(load["rss_mib"].as_f64().unwrap_or(f64::NAN), 0), f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN), 0)),
+            check(
+                load["hwm_mib"].as_f64().is_some_and(|x| x <= 200.0),
+                format!("by {} MiB", f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN) - 200.0, 0)),
+            ),
+        ),
+        (
+            "DNS proxy p99 added latency ≤ 200 µs (VIP answers)",
+            format!("{} µs", f(vip_added, 1)),
+            check(vip_added <= 200.0, format!("by {} µs", f(vip_added - 200.0, 1))),
+        ),
+    ];
+    for (a, b, c) in rows {
+        let _ = writeln!(o, "| {a} | {b} | {c} |");
+    }
+    let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/ANALYSIS.md");
+    if let Ok(text) = std::fs::read_to_string(&analysis)
+        && !quick
+    {
+        let _ = writeln!(o, "\n{text}");
+    }
+    Ok(o)
+}
+
+/// rate.svg, p99.svg and throughput.svg in `dir`.
+pub fn plots(results: &Value, dir: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let t = Trials {
+        t: results["trials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+    };
+    let series = |key: &str| -> BTreeMap<&'static str, Vec<(f64, f64)>> {
+        let mut out = BTreeMap::new();
+        for m in ["egress", "iptables", "nftables"] {
+            let pts: Vec<(f64, f64)> = t
+                .configs()
+                .iter()
+                .filter(|(x, _)| x == m)
+                .map(|(_, n)| ((*n as f64).max(1.0).log10(), t.ratio(m, *n, "none", key)))
+                .filter(|(_, y)| y.is_finite())
+                .collect();
+            out.insert(m, pts);
+        }
+        out
+    };
+    for (file, key, title, top) in [
+        ("rate.svg", "rate", "connection rate × none (higher is better)", 1.2),
+        ("p99.svg", "p99_us", "connect p99 latency × none (lower is better)", 0.0),
+    ] {
+        let data = series(key);
+        let ymax = if top > 0.0 {
+            top
+        } else {
+            data.values().flatten().map(|p| p.1).fold(1.5, f64::max) * 1.1
+        };
+        let path = dir.join(file);
+        let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.5f64..5.5f64, 0f64..ymax)?;
+        chart
+            .configure_mesh()
+            .x_desc("registered services (log10)")
+            .y_desc("× none")
+            .draw()?;
+        let colors = [RED, BLUE, GREEN];
+        for ((name, pts), color) in data.into_iter().zip(colors) {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        }
+        let hap = t.ratio("haproxy", 0, "none", key);
+        if hap.is_finite() {
+            chart
+                .draw_series(LineSeries::new(vec![(0.5, hap), (5.5, hap)], BLACK.stroke_width(1)))?
+                .label("haproxy")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+        }
+        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+        root.present()?;
+    }
+    // Throughput bars.
+    let bars: Vec<(String, f64)> = t
+        .configs()
+        .iter()
+        .filter_map(|(m, n)| {
+            let g = t.med(m, *n, "gbit");
+            g.is_finite().then(|| (format!("{m} n={n}"), g))
+        })
+        .collect();
+    let path = dir.join("throughput.svg");
+    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("one long TCP transfer (Gbit/s)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f64..bars.len() as f64, 0f64..ymax)?;
+    chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("Gbit/s").draw()?;
+    for (i, (name, g)) in bars.iter().enumerate() {
+        let x = i as f64;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.15, 0.0), (x + 0.85, *g)],
+            BLUE.mix(0.6).filled(),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{name}: {g:.1}"),
+            (x + 0.1, *g + ymax * 0.02),
+            ("sans-serif", 11),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
