@@ -18,12 +18,12 @@ use crate::compile::{Ids, compile, dns_names};
 use crate::config::Config;
 use crate::dns::DnsTables;
 use crate::dns::resolver::{HickoryResolve, Resolved, Tracker};
-use crate::istio::{self, Level};
+use crate::istio::Level;
 use crate::loader::{self, LoadOptions, PolicyMaps};
 use crate::metrics::{self, Metrics, StatsPoller};
 use crate::registry::{self, Service};
 use crate::scope::SidecarScope;
-use crate::store::{LoadReport, Store};
+use crate::store::{FileCache, LoadReport, Store};
 use crate::sync::Syncer;
 use crate::validate;
 use crate::workloads::{self, Workload};
@@ -50,7 +50,7 @@ pub enum AgentError {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     /// Merged, with automatic VIPs, in Service order.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     pub sidecars: Vec<SidecarScope>,
 }
 
@@ -65,16 +65,25 @@ pub fn validation_context(config: &Config) -> validate::Context {
 /// builds the registry from what the store holds.
 pub fn reload(
     config: &Config,
+    cache: &mut FileCache,
     store: &mut Store,
     remembered: &Remembered,
 ) -> Result<(LoadReport, Registry, Remembered), AgentError> {
-    let docs =
-        istio::load_dir(&config.service_entry_dir).map_err(|source| AgentError::Registry {
+    let started = Instant::now();
+    let read = cache
+        .load_dir(&config.service_entry_dir, &validation_context(config))
+        .map_err(|source| AgentError::Registry {
             path: config.service_entry_dir.clone(),
             source,
         })?;
-    let report = store.load(&docs, &validation_context(config));
+    let read_done = Instant::now();
+    let report = store.apply(&read);
     let (registry, memory) = build_registry(config, store, remembered);
+    tracing::debug!(
+        read_ms = (read_done - started).as_secs_f64() * 1e3,
+        build_ms = read_done.elapsed().as_secs_f64() * 1e3,
+        "reload phases"
+    );
     Ok((report, registry, memory))
 }
 
@@ -84,12 +93,7 @@ pub fn build_registry(
     store: &Store,
     remembered: &Remembered,
 ) -> (Registry, Remembered) {
-    let converted = store
-        .service_entries
-        .values()
-        .flat_map(registry::convert)
-        .collect();
-    let (mut services, warnings) = registry::merge(converted);
+    let (mut services, warnings) = registry::merge(store.services().cloned().collect());
     for w in warnings {
         warn!(namespace = %w.namespace, host = %w.host, service_entry = %w.se_name, "{}", w.message);
     }
@@ -98,11 +102,7 @@ pub fn build_registry(
     } else {
         Remembered::new()
     };
-    let sidecars = store
-        .sidecars
-        .values()
-        .map(SidecarScope::from_resource)
-        .collect();
+    let sidecars = store.sidecars().map(|s| s.as_ref().clone()).collect();
     (Registry { services, sidecars }, memory)
 }
 
@@ -179,6 +179,7 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 /// The long-lived state of a running agent.
 struct State {
     config: Config,
+    cache: FileCache,
     store: Store,
     registry: Registry,
     remembered: Remembered,
@@ -255,7 +256,12 @@ impl State {
 
     /// Re-reads the configuration directory; keeps the old registry on failure.
     fn reload(&mut self) -> bool {
-        match reload(&self.config, &mut self.store, &self.remembered) {
+        match reload(
+            &self.config,
+            &mut self.cache,
+            &mut self.store,
+            &self.remembered,
+        ) {
             Ok((load, registry, memory)) => {
                 report(&load, &self.metrics);
                 self.registry = registry;
@@ -302,7 +308,16 @@ impl State {
             workloads = self.workloads.len(),
             "enforcing"
         );
-        for s in &self.registry.services {
+        // A large registry is summarised: its first services only.
+        const LISTED: usize = 50;
+        if self.registry.services.len() > LISTED {
+            info!(
+                listed = LISTED,
+                total = self.registry.services.len(),
+                "listing the first services only"
+            );
+        }
+        for s in self.registry.services.iter().take(LISTED) {
             let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
             let ports: Vec<String> = s
                 .ports
@@ -330,6 +345,13 @@ impl State {
             );
         }
     }
+}
+
+/// Gives the heap pages freed by a reload back to the system: reading and
+/// compiling a large registry leaves many behind.
+fn release_memory() {
+    // SAFETY: malloc_trim only releases free memory of the heap.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Keeps the traffic counters on the workload interfaces; says once which ones
@@ -412,8 +434,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let metrics = Metrics::new();
     let mut store = Store::default();
+    let mut cache = FileCache::default();
     let remembered = alloc::load_remembered(&config.vip_state_file());
-    let (load, registry, memory) = reload(&config, &mut store, &remembered)?;
+    let (load, registry, memory) = reload(&config, &mut cache, &mut store, &remembered)?;
+    release_memory();
     report(&load, &metrics);
     if memory != remembered
         && let Err(e) = alloc::save_remembered(&config.vip_state_file(), &memory)
@@ -451,6 +475,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let mut state = State {
         config,
+        cache,
         store,
         registry,
         remembered: memory,
@@ -472,6 +497,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     // Fill the maps before attaching: the first connect() already sees the registry.
     state.sync()?;
+    release_memory();
     loaded.attach(&state.config.cgroup_path)?;
     let interfaces: Vec<String> = state
         .config
@@ -565,7 +591,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             Some(()) = changes.recv() => {
                 // Let a burst of writes settle, then take them all at once.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 while changes.try_recv().is_ok() {}
                 due = true;
             }
@@ -588,10 +614,18 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
         if due {
             seen = fingerprint(&dir);
-            if state.reload()
-                && let Err(e) = state.sync()
-            {
-                error!("sync failed, will retry: {e}");
+            let started = Instant::now();
+            if state.reload() {
+                let read = started.elapsed();
+                if let Err(e) = state.sync() {
+                    error!("sync failed, will retry: {e}");
+                }
+                info!(
+                    read_ms = read.as_secs_f64() * 1e3,
+                    total_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "reloaded"
+                );
+                release_memory();
             }
         }
     }

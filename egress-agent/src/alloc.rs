@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -116,7 +117,11 @@ fn key(s: &Service) -> String {
 
 /// Fills `auto_vips` of every eligible service (which must be merged, in any
 /// order). Returns the allocation to remember.
-pub fn allocate(services: &mut [Service], ranges: &Ranges, remembered: &Remembered) -> Remembered {
+pub fn allocate(
+    services: &mut [Arc<Service>],
+    ranges: &Ranges,
+    remembered: &Remembered,
+) -> Remembered {
     let n = ranges.slots();
     let mut taken: BTreeSet<u32> = BTreeSet::new();
     for s in services.iter() {
@@ -163,9 +168,12 @@ pub fn allocate(services: &mut [Service], ranges: &Ranges, remembered: &Remember
         }
     }
     for (i, k) in slot_of {
-        let s = &mut services[i];
-        s.auto_vips = vec![IpAddr::V4(ranges.v4_of(k)), IpAddr::V6(ranges.v6_of(k))];
-        out.insert(key(s), k);
+        let vips = vec![IpAddr::V4(ranges.v4_of(k)), IpAddr::V6(ranges.v6_of(k))];
+        if services[i].auto_vips != vips {
+            // Copies the service only when its VIPs change (it is shared with the store).
+            Arc::make_mut(&mut services[i]).auto_vips = vips;
+        }
+        out.insert(key(&services[i]), k);
     }
     out
 }
@@ -193,8 +201,8 @@ mod tests {
     use super::*;
     use crate::model::Location;
 
-    fn svc(ns: &str, host: &str, creation: i64) -> Service {
-        Service {
+    fn svc(ns: &str, host: &str, creation: i64) -> Arc<Service> {
+        Arc::new(Service {
             namespace: ns.into(),
             host: host.into(),
             host_key: host.into(),
@@ -211,10 +219,10 @@ mod tests {
             endpoints: vec![],
             export_to: vec![],
             selector: None,
-        }
+        })
     }
 
-    fn vips(services: &[Service]) -> BTreeMap<String, Vec<IpAddr>> {
+    fn vips(services: &[Arc<Service>]) -> BTreeMap<String, Vec<IpAddr>> {
         services
             .iter()
             .map(|s| (key(s), s.auto_vips.clone()))
@@ -263,7 +271,7 @@ mod tests {
     #[test]
     fn adding_or_removing_unrelated_hosts_moves_nobody() {
         let ranges = Ranges::default();
-        let base: Vec<Service> = (0..300)
+        let base: Vec<Arc<Service>> = (0..300)
             .map(|i| svc("shop", &format!("h{i}.example"), i))
             .collect();
         let mut before = base.clone();
@@ -279,7 +287,7 @@ mod tests {
             }
         }
         // Remove every other host: with memory, nobody else moves.
-        let mut shrunk: Vec<Service> = base.iter().step_by(2).cloned().collect();
+        let mut shrunk: Vec<Arc<Service>> = base.iter().step_by(2).cloned().collect();
         allocate(&mut shrunk, &ranges, &mem);
         for s in &shrunk {
             let old = before.iter().find(|o| o.host == s.host).unwrap();
@@ -294,7 +302,7 @@ mod tests {
             v4: "240.240.0.0/24".parse().unwrap(),
             v6: "2001:2::/48".parse().unwrap(),
         };
-        let mut hosts: Vec<Service> = (0..254)
+        let mut hosts: Vec<Arc<Service>> = (0..254)
             .map(|i| svc("shop", &format!("h{i}.example"), i))
             .collect();
         allocate(&mut hosts, &ranges, &Remembered::new());
@@ -309,15 +317,20 @@ mod tests {
     fn explicit_status_and_ineligible_hosts() {
         let ranges = Ranges::default();
         let mut with_status = svc("shop", "st.example", 1);
-        with_status.status_vips = vec!["240.240.0.7".parse().unwrap()];
+        let with_status_m = Arc::make_mut(&mut with_status);
+        with_status_m.status_vips = vec!["240.240.0.7".parse().unwrap()];
         let mut none = svc("shop", "none.example", 1);
-        none.resolution = Resolution::None;
+        let none_m = Arc::make_mut(&mut none);
+        none_m.resolution = Resolution::None;
         let mut wildcard = svc("shop", "*.w.example", 1);
-        wildcard.resolution = Resolution::Static;
+        let wildcard_m = Arc::make_mut(&mut wildcard);
+        wildcard_m.resolution = Resolution::Static;
         let mut opted = svc("shop", "o.example", 1);
-        opted.auto_allocate_opt_out = true;
+        let opted_m = Arc::make_mut(&mut opted);
+        opted_m.auto_allocate_opt_out = true;
         let mut explicit = svc("shop", "e.example", 1);
-        explicit.vips = vec!["240.240.0.8".parse().unwrap()];
+        let explicit_m = Arc::make_mut(&mut explicit);
+        explicit_m.vips = vec!["240.240.0.8".parse().unwrap()];
         let mut list = vec![with_status, none, wildcard, opted, explicit];
         allocate(&mut list, &ranges, &Remembered::new());
         assert!(list.iter().all(|s| s.auto_vips.is_empty()));

@@ -10,7 +10,7 @@ use crate::compile::{Ids, ServiceMeta, WorkloadMeta};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
-    pub services: BTreeMap<u32, ServiceMeta>,
+    pub services: std::sync::Arc<BTreeMap<u32, ServiceMeta>>,
     pub workloads: BTreeMap<u32, WorkloadMeta>,
     /// View id → `namespace` or `namespace|sidecar-namespace/sidecar-name`.
     pub views: BTreeMap<u32, String>,

@@ -63,7 +63,7 @@ pub struct Desired {
 
 /// The names the resolver must follow: the hostname endpoints of DNS and
 /// DNS_ROUND_ROBIN services, or the service host when it has no endpoints.
-pub fn dns_names(services: &[Service]) -> BTreeSet<String> {
+pub fn dns_names(services: &[Arc<Service>]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for s in services {
         if !matches!(s.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
@@ -176,7 +176,8 @@ pub struct Ids {
     services: HashMap<(String, String), u32>,
     views: HashMap<String, u32>,
     workloads: HashMap<(String, String), u32>,
-    pub service_meta: BTreeMap<u32, ServiceMeta>,
+    /// Shared with the catalog (one copy for a large registry).
+    pub service_meta: Arc<BTreeMap<u32, ServiceMeta>>,
     pub workload_meta: BTreeMap<u32, WorkloadMeta>,
 }
 
@@ -186,12 +187,12 @@ fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> u32 {
 }
 
 impl Ids {
-    fn service(&mut self, s: &Service) -> u32 {
+    fn service(&mut self, s: &Service, meta: &mut BTreeMap<u32, ServiceMeta>) -> u32 {
         let id = next_id(
             &mut self.services,
             (s.namespace.clone(), s.host_key.clone()),
         );
-        self.service_meta.insert(
+        meta.insert(
             id,
             ServiceMeta {
                 namespace: s.namespace.clone(),
@@ -289,15 +290,23 @@ pub fn prefix_on_v6(net: &IpNet) -> u32 {
 /// Compiles the registry and workloads into the desired map content.
 pub fn compile(
     config: &Config,
-    services: &[Service],
+    services: &[Arc<Service>],
     sidecars: &[SidecarScope],
     workloads: &[Workload],
     resolved: &Resolved,
     ids: &mut Ids,
 ) -> Desired {
     let mut d = Desired::default();
+    // Sized up front: growing tables of a large registry would double the peak.
+    let entries: usize = services
+        .iter()
+        .map(|s| {
+            s.ports.len()
+                * (s.vips.len() + s.status_vips.len() + s.auto_vips.len() + s.endpoints.len())
+        })
+        .sum();
+    d.services.reserve(entries);
     // Names are rebuilt each time: what is gone is no longer in the catalog.
-    ids.service_meta.clear();
     ids.workload_meta.clear();
     if let Some(dns) = &config.dns {
         let v4 = dns
@@ -393,16 +402,28 @@ pub fn compile(
         }
     }
 
+    let mut meta = BTreeMap::new();
     let service_ids: HashMap<(&str, &str), u32> = services
         .iter()
-        .map(|s| ((s.namespace.as_str(), s.host_key.as_str()), ids.service(s)))
+        .map(|s| {
+            (
+                (s.namespace.as_str(), s.host_key.as_str()),
+                ids.service(s, &mut meta),
+            )
+        })
         .collect();
+    ids.service_meta = Arc::new(meta);
+    // The proxy's tables only when there is a proxy: they are large for a large
+    // registry.
+    let dns_proxy = config.dns.is_some();
     for (view_id, (ns, sidecar)) in &views {
         let mut names = ViewDns::default();
         for (s, ports) in view(services, ns, *sidecar, &config.default_export_to) {
             let id = service_ids[&(s.namespace.as_str(), s.host_key.as_str())];
-            compile_service(&mut d, *view_id, s, id, &ports, resolved);
-            add_names(&mut names, s, id, &ports);
+            compile_service(config, &mut d, *view_id, s, id, &ports, resolved);
+            if dns_proxy {
+                add_names(&mut names, s, id, &ports);
+            }
         }
         // Most specific wildcard first; equal lengths keep Service order.
         names
@@ -462,7 +483,14 @@ fn add_names(names: &mut ViewDns, s: &Service, service_id: u32, ports: &[u16]) {
 
 /// Adds one service's entries to one view. Services arrive in Service order, so
 /// an address:port already taken keeps its first owner (Istio's "first wins").
+/// Is `ip` inside an excluded CIDR? Such addresses never enter the registry
+/// maps: the kernel consults the excluded CIDRs only after the registry.
+fn excluded(config: &Config, ip: &IpAddr) -> bool {
+    config.excluded_cidrs.iter().any(|n| n.contains(ip))
+}
+
 fn compile_service(
+    config: &Config,
     d: &mut Desired,
     view_id: u32,
     s: &Service,
@@ -481,7 +509,8 @@ fn compile_service(
                     .iter()
                     .map(|ip| IpNet::from(*ip))
                     .chain(s.cidrs.iter().copied());
-                for net in nets {
+                let not_excluded = |n: &IpNet| !config.excluded_cidrs.iter().any(|x| x.contains(n));
+                for net in nets.filter(not_excluded) {
                     d.cidrs
                         .entry(cidr_key(view_id, port.number, proto, &net))
                         .or_insert(CidrTarget {
@@ -494,7 +523,7 @@ fn compile_service(
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
                 let set = Arc::new(backend_set(endpoint_ips.clone()));
-                for ip in s.effective_vips() {
+                for ip in s.effective_vips().filter(|ip| !excluded(config, ip)) {
                     let key = ServiceKey {
                         addr: to_addr(*ip),
                         view_id,
@@ -508,7 +537,11 @@ fn compile_service(
                         set: Some(set.clone()),
                     });
                 }
-                for net in &s.cidrs {
+                for net in s
+                    .cidrs
+                    .iter()
+                    .filter(|n| !config.excluded_cidrs.iter().any(|x| x.contains(*n)))
+                {
                     d.cidrs
                         .entry(cidr_key(view_id, port.number, proto, net))
                         .or_insert(CidrTarget {
@@ -518,7 +551,7 @@ fn compile_service(
                             set: Some(set.clone()),
                         });
                 }
-                for (ip, eport, _) in &endpoint_ips {
+                for (ip, eport, _) in endpoint_ips.iter().filter(|e| !excluded(config, &e.0)) {
                     let key = ServiceKey {
                         addr: to_addr(*ip),
                         view_id,
@@ -568,10 +601,17 @@ mod tests {
         .unwrap()
     }
 
-    fn registry(text: &str) -> Vec<Service> {
+    fn registry(text: &str) -> Vec<Arc<Service>> {
         let mut d = Documents::default();
         parse_file(Path::new("t.yaml"), text, &mut d);
-        merge(d.service_entries.iter().flat_map(convert).collect()).0
+        merge(
+            d.service_entries
+                .iter()
+                .flat_map(|r| convert(r))
+                .map(Arc::new)
+                .collect(),
+        )
+        .0
     }
 
     fn workload(cg: u64, ns: &str, name: &str) -> Workload {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -217,10 +218,10 @@ pub struct ServiceEntry {
 /// Everything found in a set of files.
 #[derive(Debug, Default)]
 pub struct Documents {
-    pub service_entries: Vec<Resource<ServiceEntry>>,
-    pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
-    pub virtual_services: Vec<Resource<VirtualServiceSpec>>,
-    pub sidecars: Vec<Resource<SidecarSpec>>,
+    pub service_entries: Vec<Arc<Resource<ServiceEntry>>>,
+    pub destination_rules: Vec<Arc<Resource<DestinationRuleSpec>>>,
+    pub virtual_services: Vec<Arc<Resource<VirtualServiceSpec>>>,
+    pub sidecars: Vec<Arc<Resource<SidecarSpec>>>,
     /// Problems found while reading (unparseable documents, unknown kinds).
     pub findings: Vec<Finding>,
     /// Files that could not be read or parsed as YAML at all: what they held
@@ -250,25 +251,60 @@ impl Documents {
     }
 }
 
-/// Reads every `*.yaml`/`*.yml` file below `dir` (sorted, recursively).
-pub fn load_dir(dir: &Path) -> Result<Documents, std::io::Error> {
+impl Documents {
+    /// Appends another set (resources are shared, not copied).
+    pub fn extend(&mut self, o: &Documents) {
+        self.service_entries
+            .extend(o.service_entries.iter().cloned());
+        self.destination_rules
+            .extend(o.destination_rules.iter().cloned());
+        self.virtual_services
+            .extend(o.virtual_services.iter().cloned());
+        self.sidecars.extend(o.sidecars.iter().cloned());
+        self.findings.extend(o.findings.iter().cloned());
+        self.broken_files.extend(o.broken_files.iter().cloned());
+    }
+}
+
+/// The `*.yaml`/`*.yml` files below `dir`, recursively, sorted (dot files skipped).
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut files = Vec::new();
     collect_yaml(dir, &mut files)?;
     files.sort();
-    let mut docs = Documents::default();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => parse_file(&file, &text, &mut docs),
-            Err(e) => {
-                let source = Source {
-                    file: file.clone(),
-                    doc: 0,
-                };
-                docs.findings
-                    .push(doc_error(&source, None, "", format!("cannot read: {e}")));
-                docs.broken_files.push(file);
-            }
+    Ok(files)
+}
+
+/// Reads and parses one file into `docs`; an unreadable file is a finding and a
+/// broken file.
+pub fn read_file(file: &Path, docs: &mut Documents) {
+    read_file_each(file, docs, &mut |_| {});
+}
+
+/// [`read_file`] with [`parse_file_each`]'s callback.
+pub fn read_file_each(
+    file: &Path,
+    docs: &mut Documents,
+    after_each: &mut dyn FnMut(&mut Documents),
+) {
+    match std::fs::read_to_string(file) {
+        Ok(text) => parse_file_each(file, &text, docs, after_each),
+        Err(e) => {
+            let source = Source {
+                file: file.to_owned(),
+                doc: 0,
+            };
+            docs.findings
+                .push(doc_error(&source, None, "", format!("cannot read: {e}")));
+            docs.broken_files.push(file.to_owned());
         }
+    }
+}
+
+/// Reads every `*.yaml`/`*.yml` file below `dir` (sorted, recursively).
+pub fn load_dir(dir: &Path) -> Result<Documents, std::io::Error> {
+    let mut docs = Documents::default();
+    for file in yaml_files(dir)? {
+        read_file(&file, &mut docs);
     }
     Ok(docs)
 }
@@ -292,6 +328,18 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), std::io::Error
 /// Parses one file's documents into `docs`. A bad document becomes a finding; the
 /// others are still read.
 pub fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
+    parse_file_each(file, text, docs, &mut |_| {});
+}
+
+/// As [`parse_file`], calling `after_each` once each document is in `docs`, so a
+/// caller can take resources out one at a time (a large file is never held as
+/// parsed YAML all at once).
+pub fn parse_file_each(
+    file: &Path,
+    text: &str,
+    docs: &mut Documents,
+    after_each: &mut dyn FnMut(&mut Documents),
+) {
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let source = Source {
             file: file.to_owned(),
@@ -311,6 +359,7 @@ pub fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
             continue;
         }
         parse_document(source, value, docs);
+        after_each(docs);
     }
 }
 
@@ -433,13 +482,13 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
         serde_path_to_error::deserialize(v)
             .map_err(|e| (format!("{prefix}.{}", e.path()), e.inner().to_string()))
     }
-    fn make<S>(source: &Source, api_version: &str, meta: &Meta, spec: S) -> Resource<S> {
-        Resource {
+    fn make<S>(source: &Source, api_version: &str, meta: &Meta, spec: S) -> Arc<Resource<S>> {
+        Arc::new(Resource {
             source: source.clone(),
             api_version: api_version.to_owned(),
             meta: meta.clone(),
             spec,
-        }
+        })
     }
     let (src, api) = (&source, api_version.as_str());
     let result =

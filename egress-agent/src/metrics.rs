@@ -709,7 +709,7 @@ mod tests {
                 policy: OutboundMode::RegistryOnly,
             },
         );
-        c.services.insert(
+        std::sync::Arc::make_mut(&mut c.services).insert(
             2,
             ServiceMeta {
                 namespace: "ops".into(),

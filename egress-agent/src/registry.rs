@@ -2,8 +2,9 @@
 //! per (namespace, host), with addresses, ports and endpoints, merged as Istio merges
 //! same-host entries within a namespace, in Istio's Service order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -169,39 +170,38 @@ pub fn convert(res: &Resource<ServiceEntry>) -> Vec<Service> {
             }
         })
         .collect();
-    spec.hosts
-        .iter()
-        .flatten()
-        .map(|host| {
-            let key = host_key(host);
-            let status_vips = res
-                .spec
-                .status
-                .addresses
-                .iter()
-                .filter(|s| s.host.is_empty() || host_key(&s.host) == key)
-                .filter_map(|s| s.value.parse().ok())
-                .collect();
-            Service {
-                namespace: res.meta.namespace.clone(),
-                host: host.clone(),
-                host_key: key,
-                se_name: res.meta.name.clone(),
-                creation: res.meta.creation,
-                resolution,
-                location,
-                vips: vips.clone(),
-                cidrs: cidrs.clone(),
-                status_vips,
-                auto_vips: Vec::new(),
-                auto_allocate_opt_out: crate::validate::opted_out_of_auto_allocation(res),
-                ports: ports.clone(),
-                endpoints: endpoints.clone(),
-                export_to: spec.export_to.clone(),
-                selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
-            }
-        })
-        .collect()
+    let hosts = spec.hosts.as_deref().unwrap_or(&[]);
+    let mut out = Vec::with_capacity(hosts.len());
+    out.extend(hosts.iter().map(|host| {
+        let key = host_key(host);
+        let status_vips = res
+            .spec
+            .status
+            .addresses
+            .iter()
+            .filter(|s| s.host.is_empty() || host_key(&s.host) == key)
+            .filter_map(|s| s.value.parse().ok())
+            .collect();
+        Service {
+            namespace: res.meta.namespace.clone(),
+            host: host.clone(),
+            host_key: key,
+            se_name: res.meta.name.clone(),
+            creation: res.meta.creation,
+            resolution,
+            location,
+            vips: vips.clone(),
+            cidrs: cidrs.clone(),
+            status_vips,
+            auto_vips: Vec::new(),
+            auto_allocate_opt_out: crate::validate::opted_out_of_auto_allocation(res),
+            ports: ports.clone(),
+            endpoints: endpoints.clone(),
+            export_to: spec.export_to.clone(),
+            selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
+        }
+    }));
+    out
 }
 
 /// A warning raised while merging (SPEC §4.3 `conflicting resolution`).
@@ -214,11 +214,11 @@ pub struct MergeWarning {
 }
 
 /// Merges same (namespace, host) services (SPEC §4.3 [AGENT]) and returns them in
-/// Service order.
-pub fn merge(mut services: Vec<Service>) -> (Vec<Service>, Vec<MergeWarning>) {
+/// Service order. Services are shared: only a merged one is copied.
+pub fn merge(mut services: Vec<Arc<Service>>) -> (Vec<Arc<Service>>, Vec<MergeWarning>) {
     services.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    let mut out: Vec<Service> = Vec::new();
-    let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut out: Vec<Arc<Service>> = Vec::with_capacity(services.len());
+    let mut index: HashMap<(String, String), usize> = HashMap::with_capacity(services.len());
     let mut warnings = Vec::new();
     for s in services {
         let key = (s.namespace.clone(), s.host_key.clone());
@@ -227,7 +227,7 @@ pub fn merge(mut services: Vec<Service>) -> (Vec<Service>, Vec<MergeWarning>) {
             out.push(s);
             continue;
         };
-        let oldest = &mut out[i];
+        let oldest = Arc::make_mut(&mut out[i]);
         let same_resolution = oldest.resolution == s.resolution;
         if !same_resolution {
             warnings.push(MergeWarning {
@@ -243,19 +243,19 @@ pub fn merge(mut services: Vec<Service>) -> (Vec<Service>, Vec<MergeWarning>) {
                 ),
             });
         }
-        for ip in s.vips {
-            if !oldest.vips.contains(&ip) {
-                oldest.vips.push(ip);
+        for ip in &s.vips {
+            if !oldest.vips.contains(ip) {
+                oldest.vips.push(*ip);
             }
         }
-        for net in s.cidrs {
-            if !oldest.cidrs.contains(&net) {
-                oldest.cidrs.push(net);
+        for net in &s.cidrs {
+            if !oldest.cidrs.contains(net) {
+                oldest.cidrs.push(*net);
             }
         }
-        for ip in s.status_vips {
-            if !oldest.status_vips.contains(&ip) {
-                oldest.status_vips.push(ip);
+        for ip in &s.status_vips {
+            if !oldest.status_vips.contains(ip) {
+                oldest.status_vips.push(*ip);
             }
         }
         if same_resolution {
@@ -268,10 +268,10 @@ pub fn merge(mut services: Vec<Service>) -> (Vec<Service>, Vec<MergeWarning>) {
         if oldest.resolution == Resolution::DnsRoundRobin {
             // One DNS_RR endpoint per port: the older entry's wins (SPEC §4.3).
             if oldest.endpoints.is_empty() {
-                oldest.endpoints = s.endpoints;
+                oldest.endpoints = s.endpoints.clone();
             }
         } else if same_resolution {
-            oldest.endpoints.extend(s.endpoints);
+            oldest.endpoints.extend(s.endpoints.iter().cloned());
         }
     }
     (out, warnings)
@@ -283,11 +283,15 @@ mod tests {
     use crate::istio::{Documents, parse_file};
     use std::path::Path;
 
-    fn services(text: &str) -> Vec<Service> {
+    fn services(text: &str) -> Vec<Arc<Service>> {
         let mut d = Documents::default();
         parse_file(Path::new("t.yaml"), text, &mut d);
         assert!(d.findings.is_empty(), "{:?}", d.findings);
-        d.service_entries.iter().flat_map(convert).collect()
+        d.service_entries
+            .iter()
+            .flat_map(|r| convert(r))
+            .map(Arc::new)
+            .collect()
     }
 
     #[test]

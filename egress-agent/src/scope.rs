@@ -3,6 +3,7 @@
 //! (namespace, Sidecar) pair.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::OutboundMode;
 use crate::istio::{Resource, SidecarSpec};
@@ -139,7 +140,7 @@ pub fn visible(s: &Service, client_ns: &str, default_export: &[String]) -> bool 
 /// The services of one view, in Service order: visible, imported (on at least
 /// one port), and one namespace per hostname (SPEC §4.4 [AGENT] keys).
 pub fn view<'a>(
-    services: &'a [Service],
+    services: &'a [Arc<Service>],
     client_ns: &str,
     sidecar: Option<&SidecarScope>,
     default_export: &[String],
@@ -192,14 +193,24 @@ mod tests {
     use crate::registry::{convert, merge};
     use std::path::Path;
 
-    fn registry(text: &str) -> (Vec<Service>, Vec<SidecarScope>) {
+    fn registry(text: &str) -> (Vec<Arc<Service>>, Vec<SidecarScope>) {
         let mut d = Documents::default();
         parse_file(Path::new("t.yaml"), text, &mut d);
         assert!(d.findings.is_empty(), "{:?}", d.findings);
-        let services = merge(d.service_entries.iter().flat_map(convert).collect()).0;
+        let services = merge(
+            d.service_entries
+                .iter()
+                .flat_map(|r| convert(r))
+                .map(Arc::new)
+                .collect(),
+        )
+        .0;
         (
             services,
-            d.sidecars.iter().map(SidecarScope::from_resource).collect(),
+            d.sidecars
+                .iter()
+                .map(|r| SidecarScope::from_resource(r))
+                .collect(),
         )
     }
 

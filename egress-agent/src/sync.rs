@@ -163,6 +163,8 @@ impl Syncer {
                 service_puts.push((*k, v));
             }
         }
+        self.services.reserve(service_puts.len());
+        self.cidrs.reserve(cidr_puts.len());
         for (k, v) in policy_puts {
             w.put_policy(k, v)?;
             self.policy.insert(k, v);

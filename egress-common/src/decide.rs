@@ -13,7 +13,8 @@ pub trait Dataplane {
     /// the task's cgroup is shallower than `level`.
     fn ancestor_cgroup_id(&self, level: u32) -> u64;
     fn workload(&self, cgroup_id: u64) -> Option<WorkloadValue>;
-    /// Longest-prefix match in [`POLICY_CIDRS_MAP`].
+    /// Longest-prefix match in [`POLICY_CIDRS_MAP`] (only consulted when nothing
+    /// in the registry matched).
     fn policy_cidr(&self, addr: &Addr) -> Option<PolicyCidrValue>;
     fn service(&self, key: &ServiceKey) -> Option<ServiceValue>;
     /// Longest-prefix match in [`CIDRS_MAP`] with the full key (prefix = all bits).
@@ -111,14 +112,6 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     if c.proto == PROTO_UDP && workload.flags & WL_UDP == 0 {
         return Ok(Outcome::Untouched);
     }
-    let policy = d.policy_cidr(&c.addr);
-    let mut cluster = false;
-    if let Some(p) = policy {
-        if p.kind == POLICY_EXCLUDED {
-            return Ok(Outcome::Untouched);
-        }
-        cluster = p.kind == POLICY_CLUSTER;
-    }
     let decision = Decision {
         workload,
         action: Action::Allow,
@@ -127,8 +120,18 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
         service_id: 0,
         backend: Backend::default(),
     };
+    // The registry first: the agent never puts an address of an excluded CIDR
+    // in it, so this order equals SPEC §7.3's and spares the common case (a VIP)
+    // the LPM lookup of the excluded and cluster CIDRs.
     if let Some(r) = registry_match(d, c, decision) {
         return r;
+    }
+    let mut cluster = false;
+    if let Some(p) = d.policy_cidr(&c.addr) {
+        if p.kind == POLICY_EXCLUDED {
+            return Ok(Outcome::Untouched);
+        }
+        cluster = p.kind == POLICY_CLUSTER;
     }
     // getaddrinfo() connect()s a UDP socket to every address it got, on the
     // service port, to pick source addresses (RFC 6724): a destination allowed

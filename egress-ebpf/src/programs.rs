@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
@@ -38,7 +38,8 @@ static EGRESS_CIDRS: LpmTrie<CidrKey, CidrValue> = LpmTrie::with_max_entries(CID
 static EGRESS_POLCIDRS: LpmTrie<IpKey, PolicyCidrValue> =
     LpmTrie::with_max_entries(POLICY_CIDRS_MAX, 0);
 #[map]
-static EGRESS_SOCKORIG: LruHashMap<u64, OrigDest> = LruHashMap::with_max_entries(SOCK_ORIG_MAX, 0);
+static EGRESS_SOCKORIG: LruHashMap<u64, OrigDest> =
+    LruHashMap::with_max_entries(SOCK_ORIG_MAX, BPF_F_NO_COMMON_LRU);
 #[map]
 static EGRESS_STATS: PerCpuHashMap<StatKey, u64> =
     PerCpuHashMap::with_max_entries(STATS_MAX, BPF_F_NO_PREALLOC);
@@ -50,7 +51,7 @@ static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 static EGRESS_DNS: Array<DnsConfig> = Array::with_max_entries(1, 0);
 #[map]
 static EGRESS_UDPNAT: LruHashMap<UdpNatKey, UdpNatValue> =
-    LruHashMap::with_max_entries(UDP_NAT_MAX, 0);
+    LruHashMap::with_max_entries(UDP_NAT_MAX, BPF_F_NO_COMMON_LRU);
 #[map]
 static EGRESS_LEARNED: HashMap<LearnedKey, LearnedValue> =
     HashMap::with_max_entries(LEARNED_MAX, BPF_F_NO_PREALLOC);
@@ -573,48 +574,98 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
+/// A pointer to a `T` at `offset` of the packet's linear data, bounds-checked for
+/// the verifier (direct packet access: no helper call per field).
 #[inline(always)]
-fn try_count(ctx: &TcContext, dir: u8) -> Result<(), i64> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
-    let (proto, src, dst, l4) = match ethertype {
-        ETH_P_IP => {
-            let ihl = usize::from(ctx.load::<u8>(ETH_HLEN)? & 0x0f) * 4;
-            let proto: u8 = ctx.load(ETH_HLEN + 9)?;
-            let src: [u8; 4] = ctx.load(ETH_HLEN + 12)?;
-            let dst: [u8; 4] = ctx.load(ETH_HLEN + 16)?;
-            (proto, v4_mapped(src), v4_mapped(dst), ETH_HLEN + ihl)
+fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// The headers a packet is counted by: protocol, source, destination, ports, and
+/// where the payload starts.
+struct Headers {
+    proto: u8,
+    src: Addr,
+    dst: Addr,
+    sport: u16,
+    dport: u16,
+    payload_at: usize,
+}
+
+/// Parses Ethernet + IPv4/IPv6 + TCP/UDP from the linear data; `None` for other
+/// packets, or when the headers are not all in the linear part.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Headers> {
+    // SAFETY: every pointer comes from `at`, which checked it against data_end.
+    unsafe {
+        let ethertype = u16::from_be(*at::<u16>(ctx, 12)?);
+        let (proto, src, dst, l4) = match ethertype {
+            ETH_P_IP => {
+                let ihl = usize::from(*at::<u8>(ctx, ETH_HLEN)? & 0x0f) * 4;
+                let proto = *at::<u8>(ctx, ETH_HLEN + 9)?;
+                let src = *at::<[u8; 4]>(ctx, ETH_HLEN + 12)?;
+                let dst = *at::<[u8; 4]>(ctx, ETH_HLEN + 16)?;
+                (proto, v4_mapped(src), v4_mapped(dst), ETH_HLEN + ihl)
+            }
+            ETH_P_IPV6 => {
+                let proto = *at::<u8>(ctx, ETH_HLEN + 6)?;
+                let src = *at::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
+                let dst = *at::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
+                (proto, src, dst, ETH_HLEN + 40)
+            }
+            _ => return None,
+        };
+        let l4_len = match proto {
+            PROTO_TCP => usize::from(*at::<u8>(ctx, l4 + 12)? >> 4) * 4,
+            PROTO_UDP => 8,
+            _ => return None,
+        };
+        Some(Headers {
+            proto,
+            src,
+            dst,
+            sport: u16::from_be(*at::<u16>(ctx, l4)?),
+            dport: u16::from_be(*at::<u16>(ctx, l4 + 2)?),
+            payload_at: l4 + l4_len,
+        })
+    }
+}
+
+#[inline(always)]
+fn try_count(ctx: &TcContext, dir: u8) {
+    let h = match parse(ctx) {
+        Some(h) => h,
+        // Headers beyond the linear part (rare): make them linear once.
+        None => {
+            if ctx.pull_data(128).is_err() {
+                return;
+            }
+            match parse(ctx) {
+                Some(h) => h,
+                None => return,
+            }
         }
-        ETH_P_IPV6 => {
-            let proto: u8 = ctx.load(ETH_HLEN + 6)?;
-            let src: [u8; 16] = ctx.load(ETH_HLEN + 8)?;
-            let dst: [u8; 16] = ctx.load(ETH_HLEN + 24)?;
-            (proto, src, dst, ETH_HLEN + 40)
-        }
-        _ => return Ok(()),
     };
-    let l4_len = match proto {
-        PROTO_TCP => usize::from(ctx.load::<u8>(l4 + 12)? >> 4) * 4,
-        PROTO_UDP => 8,
-        _ => return Ok(()),
-    };
-    let sport = u16::from_be(ctx.load::<u16>(l4)?);
-    let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
     let (local, remote, remote_port) = if dir == DIR_SENT {
-        (src, dst, dport)
+        (h.src, h.dst, h.dport)
     } else {
-        (dst, src, sport)
+        (h.dst, h.src, h.sport)
     };
     let Some((workload_id, service_id)) =
-        decide::attribute(&Kernel, &local, &remote, remote_port, proto)
+        decide::attribute(&Kernel, &local, &remote, remote_port, h.proto)
     else {
-        return Ok(());
+        return;
     };
-    let payload = (ctx.len() as u64).saturating_sub((l4 + l4_len) as u64);
+    let payload = (ctx.len() as u64).saturating_sub(h.payload_at as u64);
     let key = TrafficKey {
         workload_id,
         service_id,
         port: remote_port,
-        proto,
+        proto: h.proto,
         dir,
     };
     if let Some(v) = EGRESS_TRAFFIC.get_ptr_mut(key) {
@@ -623,7 +674,7 @@ fn try_count(ctx: &TcContext, dir: u8) -> Result<(), i64> {
             (*v).packets += 1;
             (*v).bytes += payload;
         }
-        return Ok(());
+        return;
     }
     let v = TrafficValue {
         packets: 1,
@@ -639,20 +690,19 @@ fn try_count(ctx: &TcContext, dir: u8) -> Result<(), i64> {
             None => bump(Counter::TrafficFull),
         }
     }
-    Ok(())
 }
 
 /// Host-side veth ingress: packets the workload sends.
 #[classifier]
 pub fn egress_tc_sent(ctx: TcContext) -> i32 {
     // A packet that cannot be parsed is simply not counted: counting never drops.
-    let _ = try_count(&ctx, DIR_SENT);
+    try_count(&ctx, DIR_SENT);
     TCX_NEXT
 }
 
 /// Host-side veth egress: packets the workload receives.
 #[classifier]
 pub fn egress_tc_received(ctx: TcContext) -> i32 {
-    let _ = try_count(&ctx, DIR_RECEIVED);
+    try_count(&ctx, DIR_RECEIVED);
     TCX_NEXT
 }

@@ -74,6 +74,8 @@ impl Plan {
 enum Mech {
     None,
     Egress,
+    /// egress without the TC traffic counters (connect-time enforcement only).
+    EgressNoCounters,
     Iptables,
     Nftables,
     Proxy,
@@ -88,6 +90,7 @@ impl Mech {
         match self {
             Self::None => "none",
             Self::Egress => "egress",
+            Self::EgressNoCounters => "egress (no counters)",
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
             Self::Proxy => "haproxy",
@@ -234,7 +237,9 @@ fn client(bins: &Bins, place: &Place, args: &[&str]) -> Result<Value> {
 /// ServiceEntries: `n` unrelated services plus the target VIP (echo on 80, bulk
 /// on 81). One multi-document file.
 fn write_registry(dir: &Path, n: usize, target_backend: &str) -> Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("serviceentries/bench.yaml"))?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(
+        dir.join("serviceentries/bench.yaml"),
+    )?);
     for i in 0..n {
         writeln!(
             f,
@@ -257,14 +262,15 @@ fn write_registry(dir: &Path, n: usize, target_backend: &str) -> Result<()> {
     Ok(())
 }
 
-fn agent_config(w: &World, mode: &str, extra: &str) -> Result<PathBuf> {
+fn agent_config(w: &World, mode: &str, extra: &str, counters: bool) -> Result<PathBuf> {
+    let interface = if counters { ", interface: vpod0" } else { "" };
     let path = w.dir.join("agent.yaml");
     std::fs::write(
         &path,
         format!(
             "outboundTrafficPolicy: {{mode: {mode}}}\ncgroupPath: {}\nserviceEntryDir: serviceentries\n\
              metricsAddress: 127.0.0.1:9464\ninstance: {}\nstateDir: state\naccessLog: {{path: access.log}}\n\
-             workloads:\n  - {{cgroup: pod, namespace: bench, name: client, ip: 198.18.0.2, interface: vpod0}}\n{extra}",
+             workloads:\n  - {{cgroup: pod, namespace: bench, name: client, ip: 198.18.0.2{interface}}}\n{extra}",
             w.root.path.display(),
             w.root.path.file_name().unwrap().to_string_lossy()
         ),
@@ -281,8 +287,8 @@ struct Started {
     hwm_mib: f64,
 }
 
-fn start_agent(w: &World, mode: &str, extra: &str) -> Result<Started> {
-    let config = agent_config(w, mode, extra)?;
+fn start_agent(w: &World, mode: &str, extra: &str, counters: bool) -> Result<Started> {
+    let config = agent_config(w, mode, extra, counters)?;
     let t = Instant::now();
     let agent = Agent::start(&config, "127.0.0.1:9464".parse()?, Some(&w.net.node.path()));
     let ready_secs = t.elapsed().as_secs_f64();
@@ -368,9 +374,9 @@ fn nft_rules(n: usize) -> String {
         "table ip egress {{\n\
          map vips {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {{ {} }} }}\n\
          set allowed {{ type ipv4_addr . inet_service; elements = {{ {} }} }}\n\
-         chain nat_out {{ type nat hook output priority -100; dnat ip to ip daddr . tcp dport map @vips }}\n\
+         chain nat_out {{ type nat hook output priority -100; dnat ip to ip daddr . tcp dport map @vips; }}\n\
          chain filter_out {{ type filter hook output priority 0; ct state established,related accept; \
-         ip daddr . tcp dport @allowed accept; meta l4proto tcp reject with tcp reset }}\n}}\n",
+         ip daddr . tcp dport @allowed accept; meta l4proto tcp reject with tcp reset; }}\n}}\n",
         vips.join(", "),
         allowed.join(", ")
     )
@@ -381,13 +387,23 @@ fn haproxy_config(dir: &Path) -> Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "global\n  maxconn 200000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+            "global\n  maxconn 8000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
              timeout client 60s\n  timeout server 60s\n\
              frontend echo\n  bind 127.0.0.1:8000\n  default_backend echo\nbackend echo\n  server s1 {SERVER}:7000\n\
              frontend bulk\n  bind 127.0.0.1:8001\n  default_backend bulk\nbackend bulk\n  server s1 {SERVER}:7001\n"
         ),
     )?;
     Ok(path)
+}
+
+/// Netfilter DNAT happens after the route lookup of connect(): the VIP range
+/// needs a route (on the test segment only) for iptables and nftables to work at
+/// all. egress needs none: the socket is rewritten before routing.
+fn vip_route(w: &World) -> Result<()> {
+    w.net
+        .pod()
+        .ip(&["route", "add", "240.240.0.0/16", "dev", "eth0"]);
+    Ok(())
 }
 
 /// Where the client connects under each mechanism.
@@ -413,12 +429,16 @@ fn activate(w: &mut World, m: Mech, n: usize) -> Result<Target> {
             bulk: "127.0.0.1:7001".into(),
             ..direct
         },
-        Mech::Egress | Mech::LoopEgress => {
-            let backend = if m == Mech::Egress { SERVER } else { "127.0.0.1" };
+        Mech::Egress | Mech::EgressNoCounters | Mech::LoopEgress => {
+            let backend = if m == Mech::LoopEgress {
+                "127.0.0.1"
+            } else {
+                SERVER
+            };
             write_registry(&w.dir, n, backend)?;
             // Loopback is excluded by default; the VIP is not, so the rewrite to
             // the loopback server still happens.
-            let started = start_agent(w, "REGISTRY_ONLY", "")?;
+            let started = start_agent(w, "REGISTRY_ONLY", "", m != Mech::EgressNoCounters)?;
             Target {
                 echo: format!("{VIP}:80"),
                 bulk: format!("{VIP}:81"),
@@ -427,6 +447,7 @@ fn activate(w: &mut World, m: Mech, n: usize) -> Result<Target> {
             }
         }
         Mech::Iptables => {
+            vip_route(w)?;
             load_rules(w, "iptables-restore", &[], &iptables_rules(n))?;
             Target {
                 echo: format!("{VIP}:80"),
@@ -436,6 +457,7 @@ fn activate(w: &mut World, m: Mech, n: usize) -> Result<Target> {
             }
         }
         Mech::Nftables => {
+            vip_route(w)?;
             load_rules(w, "nft", &["-f", "-"], &nft_rules(n))?;
             Target {
                 echo: format!("{VIP}:80"),
@@ -482,13 +504,26 @@ fn trial(bins: &Bins, plan: &Plan, m: Mech, n: usize) -> Result<Row> {
     let par = client(
         bins,
         &pod,
-        &["conn", &target.echo, &plan.conn_count.to_string(), "32", "20"],
+        &[
+            "conn",
+            &target.echo,
+            &plan.conn_count.to_string(),
+            "32",
+            "20",
+        ],
     )?;
     if num(&par, "errors") > 0.0 {
-        bail!("{} n={n}: {} failed connections: {par}", m.name(), par["errors"]);
+        bail!(
+            "{} n={n}: {} failed connections: {par}",
+            m.name(),
+            par["errors"]
+        );
     }
     row.insert("rate".into(), num(&par, "rate"));
-    row.insert("cpu_us_per_conn".into(), num(&par, "client_cpu_us_per_conn"));
+    row.insert(
+        "cpu_us_per_conn".into(),
+        num(&par, "client_cpu_us_per_conn"),
+    );
     let seq = client(
         bins,
         &pod,
@@ -507,7 +542,12 @@ fn trial(bins: &Bins, plan: &Plan, m: Mech, n: usize) -> Result<Row> {
         let b = client(
             bins,
             &pod,
-            &["bulk", &target.bulk, &plan.bulk_bytes.to_string(), &plan.bulk_secs.to_string()],
+            &[
+                "bulk",
+                &target.bulk,
+                &plan.bulk_bytes.to_string(),
+                &plan.bulk_secs.to_string(),
+            ],
         )?;
         row.insert("gbit".into(), num(&b, "gbit_per_s"));
     }
@@ -545,7 +585,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 fn update_latency(bins: &Bins, plan: &Plan, n: usize) -> Result<(Vec<f64>, Started)> {
     let w = World::new(bins, false)?;
     write_registry(&w.dir, n, SERVER)?;
-    let started = start_agent(&w, "ALLOW_ANY", "")?;
+    let started = start_agent(&w, "ALLOW_ANY", "", true)?;
     let mut samples = Vec::new();
     for k in 0..plan.update_samples {
         let vip = format!("240.240.201.{}", k + 1);
@@ -595,7 +635,7 @@ fn dns_bench(bins: &Bins, plan: &Plan) -> Result<BTreeMap<String, Value>> {
     let extra = format!(
         "dns:\n  listen: [\"198.18.0.1:53\"]\n  upstream: [\"{DNS_HOST}:53\"]\nresolver:\n  upstream: [\"{DNS_HOST}:53\"]\n"
     );
-    let _agent = start_agent(&w, "REGISTRY_ONLY", &extra)?;
+    let _agent = start_agent(&w, "REGISTRY_ONLY", &extra, true)?;
     let server = format!("{DNS_HOST}:53");
     let count = plan.dns_count.to_string();
     let mut out = BTreeMap::new();
@@ -634,8 +674,19 @@ fn machine() -> BTreeMap<String, String> {
             .to_owned(),
     );
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    m.insert("memory".into(), mem.lines().next().unwrap_or("").replace("MemTotal:", "").trim().to_owned());
-    m.insert("os".into(), sh("sh", &["-c", ". /etc/os-release; echo $PRETTY_NAME"]));
+    m.insert(
+        "memory".into(),
+        mem.lines()
+            .next()
+            .unwrap_or("")
+            .replace("MemTotal:", "")
+            .trim()
+            .to_owned(),
+    );
+    m.insert(
+        "os".into(),
+        sh("sh", &["-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+    );
     m.insert("iptables".into(), sh("iptables", &["-V"]));
     m.insert("nft".into(), sh("nft", &["-v"]));
     m.insert("haproxy".into(), sh("sh", &["-c", "haproxy -v | head -1"]));
@@ -663,6 +714,7 @@ pub fn bench(quick: bool) -> Result<()> {
         (Mech::Proxy, 0),
         (Mech::LoopNone, 0),
         (Mech::LoopEgress, 10),
+        (Mech::EgressNoCounters, 10),
     ];
     for &n in &plan.scales {
         for m in [Mech::Egress, Mech::Iptables, Mech::Nftables] {
@@ -697,13 +749,20 @@ pub fn bench(quick: bool) -> Result<()> {
         eprintln!("bench: full load n={n}");
         let w = World::new(&bins, false)?;
         write_registry(&w.dir, n, SERVER)?;
-        let a = start_agent(&w, "REGISTRY_ONLY", "")?;
+        let a = start_agent(&w, "REGISTRY_ONLY", "", true)?;
         // The enforcement works once ready.
-        let r = client(&bins, &w.pod(), &["conn", &format!("{VIP}:80"), "100", "1", "10"])?;
+        let r = client(
+            &bins,
+            &w.pod(),
+            &["conn", &format!("{VIP}:80"), "100", "1", "10"],
+        )?;
         if num(&r, "errors") > 0.0 || num(&r, "connections") < 100.0 {
             bail!("n={n}: VIP not working after load: {r}");
         }
-        loads.insert(n, json!({"ready_s": a.ready_secs, "rss_mib": a.rss_mib, "hwm_mib": a.hwm_mib}));
+        loads.insert(
+            n,
+            json!({"ready_s": a.ready_secs, "rss_mib": a.rss_mib, "hwm_mib": a.hwm_mib}),
+        );
     }
 
     // 5. DNS proxy.
@@ -720,7 +779,10 @@ pub fn bench(quick: bool) -> Result<()> {
         "loads": loads,
         "dns": dns,
     });
-    std::fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     let report = crate::report::render(&results, &plan_summary(&plan))?;
     crate::report::plots(&results, &out_dir)?;
     let report_path = if quick {
@@ -759,11 +821,14 @@ fn plan_summary(p: &Plan) -> String {
 
 /// Deterministic Fisher–Yates with a small LCG: the order differs per repetition.
 fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for i in (1..v.len()).rev() {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let j = ((x >> 33) as usize) % (i + 1);
         v.swap(i, j);
     }
 }
-

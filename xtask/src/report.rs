@@ -16,7 +16,11 @@ struct Trials<'a> {
 
 impl<'a> Trials<'a> {
     fn reps(&self) -> usize {
-        self.t.iter().filter_map(|x| x["rep"].as_u64()).max().map_or(0, |m| m as usize + 1)
+        self.t
+            .iter()
+            .filter_map(|x| x["rep"].as_u64())
+            .max()
+            .map_or(0, |m| m as usize + 1)
     }
 
     fn value(&self, rep: usize, mech: &str, n: u64, key: &str) -> Option<f64> {
@@ -27,7 +31,11 @@ impl<'a> Trials<'a> {
     }
 
     fn med(&self, mech: &str, n: u64, key: &str) -> f64 {
-        median((0..self.reps()).filter_map(|r| self.value(r, mech, n, key)).collect())
+        median(
+            (0..self.reps())
+                .filter_map(|r| self.value(r, mech, n, key))
+                .collect(),
+        )
     }
 
     /// Median over repetitions of value / base value in the same repetition.
@@ -43,11 +51,17 @@ impl<'a> Trials<'a> {
         let mut v: Vec<(String, u64)> = self
             .t
             .iter()
-            .map(|x| (x["mechanism"].as_str().unwrap_or("").to_owned(), x["n"].as_u64().unwrap_or(0)))
+            .map(|x| {
+                (
+                    x["mechanism"].as_str().unwrap_or("").to_owned(),
+                    x["n"].as_u64().unwrap_or(0),
+                )
+            })
             .collect();
         let order = |m: &str| match m {
             "none" => 0,
             "egress" => 1,
+            "egress (no counters)" => 1,
             "iptables" => 2,
             "nftables" => 3,
             "haproxy" => 4,
@@ -79,13 +93,19 @@ fn base_of(mech: &str) -> &'static str {
 /// The report.
 pub fn render(results: &Value, plan: &str) -> Result<String> {
     let t = Trials {
-        t: results["trials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+        t: results["trials"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
     };
     let mut o = String::new();
     let quick = results["quick"] == true;
     let _ = writeln!(o, "# Benchmarks\n");
     if quick {
-        let _ = writeln!(o, "**Quick smoke run** (`cargo xtask bench --quick`): too short for conclusions.\n");
+        let _ = writeln!(
+            o,
+            "**Quick smoke run** (`cargo xtask bench --quick`): too short for conclusions.\n"
+        );
     }
     let _ = writeln!(
         o,
@@ -142,13 +162,24 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
             f(t.ratio(&m, n, b, "cpu_us_per_conn"), 2),
         );
     }
-    let _ = writeln!(o, "\nLoopback rows are relative to **loopback none**. ![connection rate](bench/rate.svg) ![p99](bench/p99.svg)\n");
+    let _ = writeln!(
+        o,
+        "\nLoopback rows are relative to **loopback none**. ![connection rate](bench/rate.svg) ![p99](bench/p99.svg)\n"
+    );
 
-    let _ = writeln!(o, "## Throughput (one long TCP transfer)\n\n| mechanism | Gbit/s | ×none |\n|---|---:|---:|");
+    let _ = writeln!(
+        o,
+        "## Throughput (one long TCP transfer)\n\n| mechanism | Gbit/s | ×none |\n|---|---:|---:|"
+    );
     for (m, n) in t.configs() {
         let g = t.med(&m, n, "gbit");
         if g.is_finite() {
-            let _ = writeln!(o, "| {m} (n={n}) | {} | {} |", f(g, 1), f(t.ratio(&m, n, base_of(&m), "gbit"), 3));
+            let _ = writeln!(
+                o,
+                "| {m} (n={n}) | {} | {} |",
+                f(g, 1),
+                f(t.ratio(&m, n, base_of(&m), "gbit"), 3)
+            );
         }
     }
     let _ = writeln!(o, "\n![throughput](bench/throughput.svg)\n");
@@ -196,7 +227,13 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
          | case | p50 µs | p99 µs | added p50 µs | added p99 µs | queries/s (8 clients) |\n|---|---:|---:|---:|---:|---:|"
     );
     for case in ["direct", "proxy_vip", "proxy_forwarded"] {
-        let added = |k: &str| if case == "direct" { f64::NAN } else { g(case, k) - g("direct", k) };
+        let added = |k: &str| {
+            if case == "direct" {
+                f64::NAN
+            } else {
+                g(case, k) - g("direct", k)
+            }
+        };
         let _ = writeln!(
             o,
             "| {case} | {} | {} | {} | {} | {} |",
@@ -210,23 +247,45 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
 
     // Targets.
     let _ = writeln!(o, "\n## Targets\n\n| target | measured | |\n|---|---|---|");
-    let sizes: Vec<u64> = t.configs().iter().filter(|(m, _)| m == "egress").map(|(_, n)| *n).collect();
-    let worst_rate = sizes.iter().map(|n| t.ratio("egress", *n, "none", "rate")).fold(f64::INFINITY, f64::min);
-    let worst_p99 = sizes.iter().map(|n| t.ratio("egress", *n, "none", "p99_us")).fold(0.0, f64::max);
+    let sizes: Vec<u64> = t
+        .configs()
+        .iter()
+        .filter(|(m, _)| m == "egress")
+        .map(|(_, n)| *n)
+        .collect();
+    let worst_rate = sizes
+        .iter()
+        .map(|n| t.ratio("egress", *n, "none", "rate"))
+        .fold(f64::INFINITY, f64::min);
+    let worst_p99 = sizes
+        .iter()
+        .map(|n| t.ratio("egress", *n, "none", "p99_us"))
+        .fold(0.0, f64::max);
     let thr = sizes
         .iter()
         .map(|n| t.ratio("egress", *n, "none", "gbit"))
         .find(|x| x.is_finite())
         .unwrap_or(f64::NAN);
-    let upd = results["updates"]["10000"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    let upd = results["updates"]["10000"]["p99_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let load = &results["loads"]["100000"];
     let vip_added = g("proxy_vip", "p99_us") - g("direct", "p99_us");
-    let check = |ok: bool, miss: String| if ok { "met".to_owned() } else { format!("**missed** {miss}") };
+    let check = |ok: bool, miss: String| {
+        if ok {
+            "met".to_owned()
+        } else {
+            format!("**missed** {miss}")
+        }
+    };
     let rows = [
         (
             "connect rate ≥ 0.95 × none at every size",
             format!("worst {} (sizes {:?})", f(worst_rate, 2), sizes),
-            check(worst_rate >= 0.95, format!("by {}", f(0.95 - worst_rate, 2))),
+            check(
+                worst_rate >= 0.95,
+                format!("by {}", f(0.95 - worst_rate, 2)),
+            ),
         ),
         (
             "connect p99 ≤ 1.10 × none at every size",
@@ -248,21 +307,34 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
             format!("{} s", f(load["ready_s"].as_f64().unwrap_or(f64::NAN), 2)),
             check(
                 load["ready_s"].as_f64().is_some_and(|x| x <= 5.0),
-                format!("by {} s", f(load["ready_s"].as_f64().unwrap_or(f64::NAN) - 5.0, 2)),
+                format!(
+                    "by {} s",
+                    f(load["ready_s"].as_f64().unwrap_or(f64::NAN) - 5.0, 2)
+                ),
             ),
         ),
         (
             "… with ≤ 200 MiB RSS",
-            format!("{} MiB (peak {})", f(load["rss_mib"].as_f64().unwrap_or(f64::NAN), 0), f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN), 0)),
+            format!(
+                "{} MiB (peak {})",
+                f(load["rss_mib"].as_f64().unwrap_or(f64::NAN), 0),
+                f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN), 0)
+            ),
             check(
                 load["hwm_mib"].as_f64().is_some_and(|x| x <= 200.0),
-                format!("by {} MiB", f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN) - 200.0, 0)),
+                format!(
+                    "by {} MiB",
+                    f(load["hwm_mib"].as_f64().unwrap_or(f64::NAN) - 200.0, 0)
+                ),
             ),
         ),
         (
             "DNS proxy p99 added latency ≤ 200 µs (VIP answers)",
             format!("{} µs", f(vip_added, 1)),
-            check(vip_added <= 200.0, format!("by {} µs", f(vip_added - 200.0, 1))),
+            check(
+                vip_added <= 200.0,
+                format!("by {} µs", f(vip_added - 200.0, 1)),
+            ),
         ),
     ];
     for (a, b, c) in rows {
@@ -281,7 +353,10 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
 pub fn plots(results: &Value, dir: &Path) -> Result<()> {
     use plotters::prelude::*;
     let t = Trials {
-        t: results["trials"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+        t: results["trials"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
     };
     let series = |key: &str| -> BTreeMap<&'static str, Vec<(f64, f64)>> {
         let mut out = BTreeMap::new();
@@ -298,8 +373,18 @@ pub fn plots(results: &Value, dir: &Path) -> Result<()> {
         out
     };
     for (file, key, title, top) in [
-        ("rate.svg", "rate", "connection rate × none (higher is better)", 1.2),
-        ("p99.svg", "p99_us", "connect p99 latency × none (lower is better)", 0.0),
+        (
+            "rate.svg",
+            "rate",
+            "connection rate × none (higher is better)",
+            1.2,
+        ),
+        (
+            "p99.svg",
+            "p99_us",
+            "connect p99 latency × none (lower is better)",
+            0.0,
+        ),
     ] {
         let data = series(key);
         let ymax = if top > 0.0 {
@@ -332,11 +417,18 @@ pub fn plots(results: &Value, dir: &Path) -> Result<()> {
         let hap = t.ratio("haproxy", 0, "none", key);
         if hap.is_finite() {
             chart
-                .draw_series(LineSeries::new(vec![(0.5, hap), (5.5, hap)], BLACK.stroke_width(1)))?
+                .draw_series(LineSeries::new(
+                    vec![(0.5, hap), (5.5, hap)],
+                    BLACK.stroke_width(1),
+                ))?
                 .label("haproxy")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
         }
-        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
         root.present()?;
     }
     // Throughput bars.
@@ -358,7 +450,12 @@ pub fn plots(results: &Value, dir: &Path) -> Result<()> {
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(0f64..bars.len() as f64, 0f64..ymax)?;
-    chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("Gbit/s").draw()?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("Gbit/s")
+        .draw()?;
     for (i, (name, g)) in bars.iter().enumerate() {
         let x = i as f64;
         chart.draw_series(std::iter::once(Rectangle::new(

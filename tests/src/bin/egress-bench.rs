@@ -169,15 +169,22 @@ fn dns(server: SocketAddr, name: &str, count: usize, conc: usize) -> serde_json:
     let start = Instant::now();
     let threads: Vec<_> = (0..conc.max(1))
         .map(|i| {
-            let (next, errors, lat, name) = (next.clone(), errors.clone(), lat.clone(), name.to_owned());
+            let (next, errors, lat, name) =
+                (next.clone(), errors.clone(), lat.clone(), name.to_owned());
             std::thread::spawn(move || {
-                let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let bind = if server.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
                 let sock = UdpSocket::bind(bind).unwrap();
                 sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut mine = Vec::new();
                 let mut buf = [0u8; 1500];
                 let mut id = (i as u16).wrapping_mul(7919);
-                while next.fetch_add(1, Ordering::Relaxed) < count && start.elapsed() < Duration::from_secs(60) {
+                while next.fetch_add(1, Ordering::Relaxed) < count
+                    && start.elapsed() < Duration::from_secs(60)
+                {
                     id = id.wrapping_add(1);
                     let q = query(&name, id);
                     let t = Instant::now();
@@ -240,7 +247,11 @@ fn wait(addr: SocketAddr, max: Duration) -> serde_json::Value {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let arg = |i: usize| a.get(i).cloned().unwrap_or_else(|| panic!("missing argument {i}; see the source header"));
+    let arg = |i: usize| {
+        a.get(i)
+            .cloned()
+            .unwrap_or_else(|| panic!("missing argument {i}; see the source header"))
+    };
     let addr = |i: usize| arg(i).parse::<SocketAddr>().expect("address");
     let num = |i: usize| arg(i).parse::<u64>().expect("number");
     let out = match arg(1).as_str() {
@@ -260,7 +271,12 @@ fn main() {
         ),
         "deny" => deny(addr(2), num(3).min(100_000) as usize),
         "bulk" => bulk(addr(2), num(3), Duration::from_secs(num(4).min(120))),
-        "dns" => dns(addr(2), &arg(3), num(4).min(1_000_000) as usize, num(5).min(64) as usize),
+        "dns" => dns(
+            addr(2),
+            &arg(3),
+            num(4).min(1_000_000) as usize,
+            num(5).min(64) as usize,
+        ),
         "wait" => wait(addr(2), Duration::from_millis(num(3).min(60_000))),
         other => panic!("unknown mode {other}"),
     };
