@@ -773,6 +773,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "quick": quick,
         "machine": machine(),
         "plan": format!("{plan:?}"),
+        "plan_summary": plan_summary(&plan),
         "seconds": started.elapsed().as_secs_f64(),
         "trials": trials.iter().map(|(rep, m, n, row)| json!({"rep": rep, "mechanism": m.name(), "n": n, "values": row})).collect::<Vec<_>>(),
         "updates": updates,
@@ -797,6 +798,17 @@ pub fn bench(quick: bool) -> Result<()> {
         report_path.display(),
         out_dir.display()
     );
+    Ok(())
+}
+
+/// Renders BENCHMARKS.md and the plots again from bench/results.json.
+pub fn rerender() -> Result<()> {
+    let dir = workspace_root().join("bench");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+    let plan = results["plan_summary"].as_str().unwrap_or("").to_owned();
+    std::fs::write(workspace_root().join("BENCHMARKS.md"), crate::report::render(&results, &plan)?)?;
+    crate::report::plots(&results, &dir)?;
+    println!("bench: BENCHMARKS.md and bench/*.svg rendered from bench/results.json");
     Ok(())
 }
 

@@ -36,6 +36,9 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Only render BENCHMARKS.md and the plots again from bench/results.json.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Build a sandbox, run the agent on config/, show rewrites and refusals.
     Demo {
@@ -54,7 +57,13 @@ fn main() -> Result<()> {
         }
         Task::Test { filter } => test(filter),
         Task::Demo { hold } => demo::demo(hold),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, report_only } => {
+            if report_only {
+                bench::rerender()
+            } else {
+                bench::bench(quick)
+            }
+        }
     }
 }
 
