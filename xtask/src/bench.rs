@@ -805,7 +805,11 @@ pub fn bench(quick: bool) -> Result<()> {
 pub fn rerender() -> Result<()> {
     let dir = workspace_root().join("bench");
     let results: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
-    let plan = results["plan_summary"].as_str().unwrap_or("").to_owned();
+    let plan = results["plan_summary"]
+        .as_str()
+        .or(results["plan"].as_str())
+        .unwrap_or("")
+        .to_owned();
     std::fs::write(workspace_root().join("BENCHMARKS.md"), crate::report::render(&results, &plan)?)?;
     crate::report::plots(&results, &dir)?;
     println!("bench: BENCHMARKS.md and bench/*.svg rendered from bench/results.json");
