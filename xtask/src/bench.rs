@@ -810,7 +810,10 @@ pub fn rerender() -> Result<()> {
         .or(results["plan"].as_str())
         .unwrap_or("")
         .to_owned();
-    std::fs::write(workspace_root().join("BENCHMARKS.md"), crate::report::render(&results, &plan)?)?;
+    std::fs::write(
+        workspace_root().join("BENCHMARKS.md"),
+        crate::report::render(&results, &plan)?,
+    )?;
     crate::report::plots(&results, &dir)?;
     println!("bench: BENCHMARKS.md and bench/*.svg rendered from bench/results.json");
     Ok(())
@@ -846,5 +849,38 @@ fn shuffle<T>(v: &mut [T], seed: u64) {
             .wrapping_add(1442695040888963407);
         let j = ((x >> 33) as usize) % (i + 1);
         v.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_non_finite() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 5.0, f64::INFINITY]), 5.0);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn percentile_picks_the_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).rev().collect();
+        assert_eq!(percentile(&mut v, 0.5), 51.0);
+        assert_eq!(percentile(&mut v, 0.99), 99.0);
+        assert_eq!(percentile(&mut v, 1.0), 100.0);
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation_that_depends_on_the_seed() {
+        let base: Vec<u32> = (0..20).collect();
+        let (mut a, mut b) = (base.clone(), base.clone());
+        shuffle(&mut a, 1);
+        shuffle(&mut b, 2);
+        assert_ne!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, base);
     }
 }

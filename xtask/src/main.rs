@@ -171,10 +171,20 @@ fn test(filter: Option<String>) -> Result<()> {
             "egress-ebpf",
             "--no-fail-fast",
         ]);
+    let filter_given = filter.is_some();
     if let Some(f) = filter {
         cmd.args(["--", &f]);
     }
-    run(&mut cmd)?;
+    let tests = run(&mut cmd);
+    // The benchmark smoke: every mechanism once, small counts, in its own
+    // namespaces; it fails if any mechanism stops carrying traffic or refusing.
+    let smoke = if filter_given {
+        Ok(())
+    } else {
+        bench::bench(true)
+    };
+    tests?;
+    smoke?;
     let leftovers = leftover_test_resources();
     if !leftovers.is_empty() {
         bail!("tests left resources behind: {}", leftovers.join(", "));

@@ -90,6 +90,16 @@ fn base_of(mech: &str) -> &'static str {
     }
 }
 
+/// Folds ratios into the worst one; a size without a measurement makes the
+/// result unknown (NaN), so a target is never reported met on missing data.
+fn worst(a: f64, b: f64, pick: fn(f64, f64) -> f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        pick(a, b)
+    }
+}
+
 /// The report.
 pub fn render(results: &Value, plan: &str) -> Result<String> {
     let t = Trials {
@@ -253,14 +263,16 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
         .filter(|(m, _)| m == "egress")
         .map(|(_, n)| *n)
         .collect();
+    // No egress row at all: nothing was measured, so no target can be met.
+    let start = |x: f64| if sizes.is_empty() { f64::NAN } else { x };
     let worst_rate = sizes
         .iter()
         .map(|n| t.ratio("egress", *n, "none", "rate"))
-        .fold(f64::INFINITY, f64::min);
+        .fold(start(f64::INFINITY), |a, b| worst(a, b, f64::min));
     let worst_p99 = sizes
         .iter()
         .map(|n| t.ratio("egress", *n, "none", "p99_us"))
-        .fold(0.0, f64::max);
+        .fold(start(f64::NEG_INFINITY), |a, b| worst(a, b, f64::max));
     let thr = sizes
         .iter()
         .map(|n| t.ratio("egress", *n, "none", "gbit"))
@@ -274,6 +286,8 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
     let check = |ok: bool, miss: String| {
         if ok {
             "met".to_owned()
+        } else if miss.contains('–') {
+            "**not measured**".to_owned()
         } else {
             format!("**missed** {miss}")
         }
@@ -470,4 +484,116 @@ pub fn plots(results: &Value, dir: &Path) -> Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn trial(rep: u64, mech: &str, n: u64, p99: f64) -> Value {
+        json!({"rep": rep, "mechanism": mech, "n": n, "values": {"p99_us": p99}})
+    }
+
+    #[test]
+    fn ratio_is_the_median_of_per_repetition_ratios() {
+        // The base is noisy across repetitions; each ratio uses its own repetition.
+        let trials = vec![
+            trial(0, "none", 0, 40.0),
+            trial(0, "egress", 10, 42.0),
+            trial(1, "none", 0, 50.0),
+            trial(1, "egress", 10, 50.0),
+            trial(2, "none", 0, 30.0),
+            trial(2, "egress", 10, 36.0),
+        ];
+        let t = Trials { t: &trials };
+        assert_eq!(t.reps(), 3);
+        assert!((t.ratio("egress", 10, "none", "p99_us") - 1.05).abs() < 1e-9);
+        assert_eq!(t.med("none", 0, "p99_us"), 40.0);
+        assert!(t.ratio("egress", 1000, "none", "p99_us").is_nan());
+    }
+
+    #[test]
+    fn configs_are_ordered_by_mechanism_then_size_without_duplicates() {
+        let trials = vec![
+            trial(0, "nftables", 10, 1.0),
+            trial(0, "egress", 1000, 1.0),
+            trial(1, "egress", 10, 1.0),
+            trial(0, "egress", 10, 1.0),
+            trial(0, "none", 0, 1.0),
+        ];
+        let names: Vec<(String, u64)> = Trials { t: &trials }.configs();
+        assert_eq!(
+            names,
+            vec![
+                ("none".into(), 0),
+                ("egress".into(), 10),
+                ("egress".into(), 1000),
+                ("nftables".into(), 10)
+            ]
+        );
+    }
+
+    fn target_line<'a>(report: &'a str, target: &str) -> &'a str {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {target}")))
+            .unwrap_or_else(|| panic!("no target line {target:?} in:\n{report}"))
+    }
+
+    #[test]
+    fn targets_report_what_was_measured_and_by_how_much_a_target_is_missed() {
+        let row = |rep: u64, mech: &str, n: u64, rate: f64, p99: f64| {
+            json!({"rep": rep, "mechanism": mech, "n": n,
+                   "values": {"rate": rate, "p99_us": p99, "gbit": 10.0}})
+        };
+        let results = json!({
+            "quick": false,
+            "trials": [
+                row(0, "none", 0, 1000.0, 40.0),
+                row(0, "egress", 10, 990.0, 42.0),
+                row(0, "egress", 1000, 900.0, 46.0),
+            ],
+            "updates": {"10000": {"p99_ms": 120.0}},
+            "loads": {"100000": {"ready_s": 2.0, "rss_mib": 150.0, "hwm_mib": 180.0}},
+            "dns": {},
+        });
+        let report = render(&results, "plan").unwrap();
+        let rate = target_line(&report, "connect rate");
+        assert!(
+            rate.contains("worst 0.900") && rate.contains("**missed** by 0.050"),
+            "{rate}"
+        );
+        let p99 = target_line(&report, "connect p99");
+        assert!(
+            p99.contains("worst 1.150") && p99.contains("**missed** by 0.050"),
+            "{p99}"
+        );
+        assert!(target_line(&report, "throughput").ends_with("| met |"));
+        let upd = target_line(&report, "update p99");
+        assert!(
+            upd.contains("120.0 ms") && upd.contains("**missed** by 20.0 ms"),
+            "{upd}"
+        );
+        assert!(target_line(&report, "100 000 entries").ends_with("| met |"));
+        // No DNS measurement: unknown, never "met".
+        assert!(target_line(&report, "DNS proxy").ends_with("| **not measured** |"));
+    }
+
+    #[test]
+    fn no_measurement_meets_no_target() {
+        let report = render(&json!({"trials": []}), "plan").unwrap();
+        for target in ["connect rate", "connect p99", "throughput", "update p99"] {
+            let line = target_line(&report, target);
+            assert!(line.ends_with("| **not measured** |"), "{line}");
+        }
+    }
+
+    #[test]
+    fn loopback_rows_compare_to_loopback_none() {
+        assert_eq!(base_of("loopback egress"), "loopback none");
+        assert_eq!(base_of("iptables"), "none");
+        assert_eq!(f(f64::NAN, 2), "–");
+        assert_eq!(f(1.2345, 2), "1.23");
+    }
 }
