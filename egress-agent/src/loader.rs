@@ -158,27 +158,13 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         .override_global("EVENT_BURST_NS", &burst, true)
         .load(EBPF_OBJECT)?;
     for name in [TC_SENT, TC_RECEIVED] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Program {
-                name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load()
+        program::<SchedClassifier>(&mut ebpf, name)?
+            .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
     for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::Program {
-                name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program { name, source })?;
-        prog.load()
+        program::<CgroupSockAddr>(&mut ebpf, name)?
+            .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
     let policy = PolicyMaps {
@@ -220,13 +206,8 @@ impl Loaded {
             source,
         })?;
         for name in PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded above")
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
+            program::<CgroupSockAddr>(&mut self.ebpf, name)?
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| LoadError::Program { name, source })?;
         }
         self.attached_at = Some(path.to_owned());
@@ -295,6 +276,20 @@ impl Loaded {
             .try_into()
             .expect("a classifier")
     }
+}
+
+/// A program of the object by name, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 /// The index of a network interface in the agent's namespace.

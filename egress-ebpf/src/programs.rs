@@ -92,6 +92,16 @@ fn connect_fail_verdict() -> i32 {
     }
 }
 
+/// The verdict of an entry point: the decision, or on an internal error the
+/// configured failure verdict, counted.
+#[inline(always)]
+fn or_fail<E>(decision: Result<i32, E>, err: Counter) -> i32 {
+    decision.unwrap_or_else(|_| {
+        bump(err);
+        connect_fail_verdict()
+    })
+}
+
 #[inline(always)]
 fn bump(counter: Counter) {
     if let Some(p) = EGRESS_COUNTERS.get_ptr_mut(counter as u32) {
@@ -449,24 +459,12 @@ fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn egress_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match try_sendmsg(&ctx, Family::V4) {
-        Ok(v) => v,
-        Err(_) => {
-            bump(Counter::ErrSendmsg4);
-            connect_fail_verdict()
-        }
-    }
+    or_fail(try_sendmsg(&ctx, Family::V4), Counter::ErrSendmsg4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egress_sendmsg6(ctx: SockAddrContext) -> i32 {
-    match try_sendmsg(&ctx, Family::V6) {
-        Ok(v) => v,
-        Err(_) => {
-            bump(Counter::ErrSendmsg6);
-            connect_fail_verdict()
-        }
-    }
+    or_fail(try_sendmsg(&ctx, Family::V6), Counter::ErrSendmsg6)
 }
 
 /// Replies of redirected UDP appear to come from where the application sent.
@@ -501,24 +499,12 @@ pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
-    match try_connect(&ctx, Family::V4) {
-        Ok(v) => v,
-        Err(_) => {
-            bump(Counter::ErrConnect4);
-            connect_fail_verdict()
-        }
-    }
+    or_fail(try_connect(&ctx, Family::V4), Counter::ErrConnect4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn egress_connect6(ctx: SockAddrContext) -> i32 {
-    match try_connect(&ctx, Family::V6) {
-        Ok(v) => v,
-        Err(_) => {
-            bump(Counter::ErrConnect6);
-            connect_fail_verdict()
-        }
-    }
+    or_fail(try_connect(&ctx, Family::V6), Counter::ErrConnect6)
 }
 
 #[inline(always)]

@@ -569,6 +569,11 @@ pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A socket address from a literal; panics on a typo in the test.
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
 /// One test's world: the network, an attach cgroup with a pod cgroup in it, a
 /// config directory, and the agent once started.
 pub struct World {
@@ -618,6 +623,11 @@ impl World {
 
     pub fn se_dir(&self) -> PathBuf {
         self.dir.path().join("serviceentries")
+    }
+
+    /// A dual-stack TCP server on external host `i`, replying "hello from {name}".
+    pub fn ext_server(&self, i: usize, port: u16, name: &str) -> server::Server {
+        server::Server::start(self.net.ext(i), sa(&format!("[::]:{port}")), name)
     }
 
     /// Writes a ServiceEntry file.

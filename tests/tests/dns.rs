@@ -10,10 +10,6 @@ use egress_tests::dns::DnsServer;
 use egress_tests::server::Server;
 use egress_tests::*;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 /// A world with `externals` server hosts and one more host running the upstream
 /// DNS server; the agent config block that points the agent at it.
 fn dns_world(pods: usize, externals: usize) -> (World, DnsServer, String) {
@@ -41,11 +37,7 @@ resolver:
 }
 
 fn server(w: &World, i: usize, port: u16) -> Server {
-    Server::start(
-        w.net.ext(i),
-        sa(&format!("[::]:{port}")),
-        &format!("ext{i}"),
-    )
+    w.ext_server(i, port, &format!("ext{i}"))
 }
 
 fn stdout(o: &std::process::Output) -> String {

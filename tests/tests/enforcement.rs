@@ -2,24 +2,14 @@
 //! real namespaces, cgroups, servers, clients (curl and plain sockets) and the real
 //! agent binary.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use egress_tests::bpf::{self, attached_count};
 use egress_tests::server::Server;
 use egress_tests::*;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// A dual-stack server on external host `i`.
 fn server(w: &World, i: usize, port: u16) -> Server {
-    Server::start(
-        w.net.ext(i),
-        sa(&format!("[::]:{port}")),
-        &format!("ext{i}:{port}"),
-    )
+    w.ext_server(i, port, &format!("ext{i}:{port}"))
 }
 
 const LEGACY: &str = r#"

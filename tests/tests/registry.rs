@@ -1,22 +1,13 @@
 //! The registry on the real kernel: exportTo and Sidecar scoping across pod
 //! namespaces, automatic VIPs, hot reload under load, and the inspect/explain CLI.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use egress_tests::server::Server;
 use egress_tests::*;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn server(w: &World, i: usize, port: u16) -> Server {
-    Server::start(
-        w.net.ext(i),
-        sa(&format!("[::]:{port}")),
-        &format!("ext{i}"),
-    )
+    w.ext_server(i, port, &format!("ext{i}"))
 }
 
 fn static_se(name: &str, ns: &str, host: &str, vip: &str, endpoint: &str, extra: &str) -> String {

@@ -1,22 +1,13 @@
 //! UDP enforcement, per-destination traffic counters (TC), Prometheus metrics, the
 //! access log of refusals, audit mode and its rate limit — on the real kernel.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use egress_tests::server::{Server, UdpServer};
 use egress_tests::*;
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 fn server(w: &World, i: usize, port: u16) -> Server {
-    Server::start(
-        w.net.ext(i),
-        sa(&format!("[::]:{port}")),
-        &format!("ext{i}"),
-    )
+    w.ext_server(i, port, &format!("ext{i}"))
 }
 
 /// The default workload, with its veth so traffic is counted, and an access log
