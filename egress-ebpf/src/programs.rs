@@ -378,11 +378,35 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
     }
     let mut c = destination(ctx, family, proto);
     c.udp_connect = proto == PROTO_UDP;
-    let d = match decide::classify(&Kernel, &c)? {
+    // A connected socket answers getpeername() with the address it connected to.
+    enforce(ctx, family, &c, true)
+}
+
+/// Unconnected UDP sends: DNS queries go to the proxy; other datagrams are
+/// classified like a connect() (each send is one classification).
+#[inline(always)]
+fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
+    enforce(ctx, family, &destination(ctx, family, PROTO_UDP), false)
+}
+
+/// Classifies a destination and applies the decision to the socket address:
+/// DNS to the proxy, a VIP to its backend (remembering the original for
+/// getpeername() when `connected`, and for UDP replies), refusals with an event.
+#[inline(always)]
+fn enforce(
+    ctx: &SockAddrContext,
+    family: Family,
+    c: &Connect,
+    connected: bool,
+) -> Result<i32, decide::Error> {
+    let udp = c.proto == PROTO_UDP;
+    let d = match decide::classify(&Kernel, c)? {
         Outcome::Untouched => return Ok(VERDICT_ALLOW),
         Outcome::Dns(to) => {
-            remember_peer(ctx, &to, &c.addr, c.port);
-            if proto == PROTO_UDP {
+            if connected {
+                remember_peer(ctx, &to, &c.addr, c.port);
+            }
+            if udp {
                 remember_udp(ctx, &to, &c.addr, c.port);
             }
             write_addr(ctx, family, &to.addr, to.port);
@@ -391,7 +415,7 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
         }
         Outcome::Decided(d) => d,
     };
-    count(&decide::stat_key(&d, &c));
+    count(&decide::stat_key(&d, c));
     let fam = if family == Family::V4 { 4 } else { 6 };
     match d.action {
         Action::Allow => Ok(VERDICT_ALLOW),
@@ -401,57 +425,21 @@ fn try_connect(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Err
             if family == Family::V4 && !is_v4_mapped(&d.backend.addr) {
                 return Err(decide::Error::MissingBackend);
             }
-            remember_peer(ctx, &d.backend, &c.addr, c.port);
-            if proto == PROTO_UDP {
+            if connected {
+                remember_peer(ctx, &d.backend, &c.addr, c.port);
+            }
+            if udp {
                 remember_udp(ctx, &d.backend, &c.addr, c.port);
             }
             write_addr(ctx, family, &d.backend.addr, d.backend.port);
             Ok(VERDICT_ALLOW)
         }
         Action::Audit => {
-            emit(&d, &c, fam);
+            emit(&d, c, fam);
             Ok(VERDICT_ALLOW)
         }
         Action::Deny => {
-            emit(&d, &c, fam);
-            Ok(VERDICT_DENY)
-        }
-    }
-}
-
-/// Unconnected UDP sends: DNS queries go to the proxy; other datagrams are
-/// classified like a connect() (each send is one classification).
-#[inline(always)]
-fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> Result<i32, decide::Error> {
-    let c = destination(ctx, family, PROTO_UDP);
-    let d = match decide::classify(&Kernel, &c)? {
-        Outcome::Untouched => return Ok(VERDICT_ALLOW),
-        Outcome::Dns(to) => {
-            remember_udp(ctx, &to, &c.addr, c.port);
-            write_addr(ctx, family, &to.addr, to.port);
-            bump(Counter::DnsRedirected);
-            return Ok(VERDICT_ALLOW);
-        }
-        Outcome::Decided(d) => d,
-    };
-    count(&decide::stat_key(&d, &c));
-    let fam = if family == Family::V4 { 4 } else { 6 };
-    match d.action {
-        Action::Allow => Ok(VERDICT_ALLOW),
-        Action::Rewrite => {
-            if family == Family::V4 && !is_v4_mapped(&d.backend.addr) {
-                return Err(decide::Error::MissingBackend);
-            }
-            remember_udp(ctx, &d.backend, &c.addr, c.port);
-            write_addr(ctx, family, &d.backend.addr, d.backend.port);
-            Ok(VERDICT_ALLOW)
-        }
-        Action::Audit => {
-            emit(&d, &c, fam);
-            Ok(VERDICT_ALLOW)
-        }
-        Action::Deny => {
-            emit(&d, &c, fam);
+            emit(&d, c, fam);
             Ok(VERDICT_DENY)
         }
     }
