@@ -209,6 +209,27 @@ impl Place {
         })
     }
 
+    /// Runs the probe client here and also returns its process id (what the
+    /// access log names).
+    pub fn probe_pid(&self, args: &[&str]) -> (u32, ProbeResult) {
+        let child = self
+            .command(probe_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start probe");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("probe");
+        let r = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "probe output {:?}: {e}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (pid, r)
+    }
+
     /// One TCP connection with the probe: connect, send a line, read the reply.
     pub fn connect(&self, addr: SocketAddr) -> ProbeResult {
         self.probe(&["connect", &addr.to_string()])

@@ -173,16 +173,7 @@ fn registry_only_refuses_an_unregistered_ip_with_eperm_logs_and_counts_it() {
     ];
     let before = metric_sum(&agent.metrics_text(), "egress_connections_total", &denied);
 
-    let child = w
-        .pod()
-        .command(probe_bin())
-        .args(["connect", "198.18.0.13:22"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let r: ProbeResult = serde_json::from_slice(&out.stdout).unwrap();
+    let (pid, r) = w.pod().probe_pid(&["connect", "198.18.0.13:22"]);
     assert!(!r.ok);
     assert_eq!(r.errno, EPERM, "{r:?}");
     assert_eq!(

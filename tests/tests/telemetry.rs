@@ -222,16 +222,7 @@ fn one_refusal_is_exactly_one_access_log_line() {
     let w = World::new(3);
     let _e3 = server(&w, 3, 22);
     let _agent = w.start_agent("REGISTRY_ONLY", &workload(""));
-    let child = w
-        .pod()
-        .command(probe_bin())
-        .args(["connect", "198.18.0.13:22"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let r: ProbeResult = serde_json::from_slice(&out.stdout).unwrap();
+    let (pid, r) = w.pod().probe_pid(&["connect", "198.18.0.13:22"]);
     assert_eq!(r.errno, EPERM);
     eventually("the access log line", || !access_log(&w).is_empty());
     std::thread::sleep(Duration::from_millis(500));
