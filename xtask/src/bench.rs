@@ -162,6 +162,7 @@ impl World {
             }
             .command(&bins.bench)
             .args([mode, &format!("{host}:{port}")])
+            .envs(pin(SERVER_CPU))
             .stdout(Stdio::null())
             .spawn()?;
             w.children.push(child);
@@ -218,11 +219,26 @@ impl Drop for World {
     }
 }
 
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// Whether the bench client and servers are pinned to their CPUs (the default;
+/// `EGRESS_BENCH_PIN=0` lets the scheduler place them).
+fn pinned() -> bool {
+    std::env::var("EGRESS_BENCH_PIN").as_deref() != Ok("0")
+}
+
+/// The environment that pins a bench process to `cpu`.
+fn pin(cpu: usize) -> Option<(&'static str, String)> {
+    pinned().then(|| ("EGRESS_BENCH_CPU", cpu.to_string()))
+}
+
 /// Runs the bench client somewhere and parses its JSON.
 fn client(bins: &Bins, place: &Place, args: &[&str]) -> Result<Value> {
     let out = place
         .command(&bins.bench)
         .args(args)
+        .envs(pin(CLIENT_CPU))
         .output()
         .context("running egress-bench")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -771,6 +787,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     let results = json!({
         "quick": quick,
+        "pinned": pinned(),
         "machine": machine(),
         "plan": format!("{plan:?}"),
         "plan_summary": plan_summary(&plan),

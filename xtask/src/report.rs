@@ -130,6 +130,15 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
             let _ = writeln!(o, "| {k} | {} |", v.as_str().unwrap_or(""));
         }
     }
+    let placement = if results["pinned"] == true {
+        "Placement: the client runs on CPU 0 and the servers on CPU 1 (`sched_setaffinity`); \
+         the kernel work of the client's connections (both ends of the veth path) runs on the \
+         client's CPU, so the rate is bound by that CPU and its ratio to **none** is the ratio \
+         of CPU cost per connection. The agent and HAProxy are not pinned."
+    } else {
+        "Placement: processes are not pinned (`EGRESS_BENCH_PIN=0`); the scheduler places \
+         client, servers, agent and proxy on the two CPUs."
+    };
     let _ = writeln!(
         o,
         "\n## Method\n\n- World: a client \"pod\" network namespace in its own cgroup, a server \
@@ -146,6 +155,7 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
          - Client: `egress-bench` (Rust): connect, 64-byte request, 64-byte reply, server closes. \
          Rate with 32 connections in flight; connect latency (time in `connect()`) from \
          sequential connections; \"denied\" is the time until a refused `connect()` returns.\n\
+         - {placement}\n\
          - Every configuration runs in every repetition, in a random order, each in freshly built \
          namespaces; the tables show medians over repetitions of per-repetition values and of \
          ratios to **none** measured in the same repetition.\n- Plan: {plan}\n\

@@ -245,7 +245,30 @@ fn wait(addr: SocketAddr, max: Duration) -> serde_json::Value {
     serde_json::json!({"ok": false, "attempts": attempts})
 }
 
+/// Pins this process to one CPU when `EGRESS_BENCH_CPU` names one: the bench
+/// keeps its client and its servers apart so they do not preempt each other.
+fn pin_cpu() {
+    let Some(cpu) = std::env::var("EGRESS_BENCH_CPU")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    else {
+        return;
+    };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn main() {
+    pin_cpu();
     let a: Vec<String> = std::env::args().collect();
     let arg = |i: usize| {
         a.get(i)
