@@ -711,6 +711,7 @@ fn machine() -> BTreeMap<String, String> {
 
 pub fn bench(quick: bool) -> Result<()> {
     crate::setup::setup(true)?;
+    clean_up_on_interrupt();
     let bins = build_release()?;
     // SAFETY: single-threaded here; read by the harness's Agent.
     unsafe { std::env::set_var("EGRESS_AGENT_BIN", &bins.agent) };
@@ -867,6 +868,93 @@ fn shuffle<T>(v: &mut [T], seed: u64) {
         let j = ((x >> 33) as usize) % (i + 1);
         v.swap(i, j);
     }
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: stop what this run started and remove what it created
+/// (its namespaces, cgroups and work directories, all named after this process),
+/// then exit. A completed run removes them itself, as each world is dropped.
+fn clean_up_on_interrupt() {
+    let result = ctrlc::set_handler(|| {
+        eprintln!("bench: interrupted; removing what this run created");
+        clean_up_after(std::process::id());
+        std::process::exit(130);
+    });
+    if let Err(e) = result {
+        eprintln!(
+            "bench: cannot handle interruption ({e}); an interrupted run leaves its namespaces"
+        );
+    }
+}
+
+fn clean_up_after(pid: u32) {
+    // The processes this run started: servers, agents, proxies, clients.
+    let children = children_of(pid);
+    for &c in &children {
+        // SAFETY: plain kill(2) of our own child processes.
+        unsafe { libc::kill(c as i32, libc::SIGTERM) };
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for &c in &children {
+        // SAFETY: as above; a child that already exited is a harmless ESRCH.
+        unsafe { libc::kill(c as i32, libc::SIGKILL) };
+    }
+    let tag = pid % 100_000;
+    if let Ok(list) = crate::sh_output("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(&format!("eg{tag}x")) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    let prefix = format!("egress-bench-{tag}x");
+    let cgroups = cgroup2_root();
+    for dir in [cgroups.as_path(), &std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            if dir == cgroups {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                remove_cgroup_tree(&e.path());
+            } else {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Child cgroups first: a cgroup directory is removed with rmdir, never its files.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Process ids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                // The command name may hold spaces: fields after its ')'.
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]
