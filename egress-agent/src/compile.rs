@@ -42,6 +42,38 @@ pub struct CidrTarget {
     pub set: Option<Arc<BackendSet>>,
 }
 
+/// A backend set as the maps refer to it: (set id, slots, IPv4 slots).
+pub type SetRef = (u32, u16, u16);
+
+impl ServiceTarget {
+    /// The map value, given how the set is referred to.
+    pub fn value(&self, (set_id, slots, v4_slots): SetRef) -> ServiceValue {
+        ServiceValue {
+            service_id: self.service_id,
+            set_id,
+            slots,
+            v4_slots,
+            kind: self.kind,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl CidrTarget {
+    /// The map value, given how the set is referred to.
+    pub fn value(&self, (set_id, slots, v4_slots): SetRef) -> CidrValue {
+        CidrValue {
+            service_id: self.service_id,
+            set_id,
+            slots,
+            v4_slots,
+            target_port: self.target_port,
+            kind: self.kind,
+            _pad: 0,
+        }
+    }
+}
+
 /// An LPM key: prefix length (bits over the whole key) and data.
 pub type CidrLpm = (u32, CidrKey);
 pub type PolicyLpm = (u32, IpKey);

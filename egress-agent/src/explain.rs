@@ -257,14 +257,7 @@ impl Dataplane for Sim<'_> {
                     )
                 };
                 self.note(format!("VIP/endpoint table: {dest} is {what}"));
-                Some(ServiceValue {
-                    service_id: t.service_id,
-                    set_id,
-                    slots,
-                    v4_slots,
-                    kind: t.kind,
-                    _pad: [0; 3],
-                })
+                Some(t.value((set_id, slots, v4_slots)))
             }
             None => {
                 self.note(format!("VIP/endpoint table: {dest} not in this view"));
@@ -300,15 +293,7 @@ impl Dataplane for Sim<'_> {
                     show_prefix(&k.addr, bits - CIDR_FIXED_BITS),
                     self.service_name(t.service_id)
                 ));
-                Some(CidrValue {
-                    service_id: t.service_id,
-                    set_id,
-                    slots,
-                    v4_slots,
-                    target_port: t.target_port,
-                    kind: t.kind,
-                    _pad: 0,
-                })
+                Some(t.value((set_id, slots, v4_slots)))
             }
             None => {
                 self.note("CIDR table: no match".into());

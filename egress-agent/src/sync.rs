@@ -134,31 +134,14 @@ impl Syncer {
         }
         let mut cidr_puts = Vec::new();
         for (k, t) in &desired.cidrs {
-            let (set_id, slots, v4_slots) = set_ref(&t.set);
-            let v = CidrValue {
-                service_id: t.service_id,
-                set_id,
-                slots,
-                v4_slots,
-                target_port: t.target_port,
-                kind: t.kind,
-                _pad: 0,
-            };
+            let v = t.value(set_ref(&t.set));
             if self.cidrs.get(k) != Some(&v) {
                 cidr_puts.push((*k, v));
             }
         }
         let mut service_puts = Vec::new();
         for (k, t) in &desired.services {
-            let (set_id, slots, v4_slots) = set_ref(&t.set);
-            let v = ServiceValue {
-                service_id: t.service_id,
-                set_id,
-                slots,
-                v4_slots,
-                kind: t.kind,
-                _pad: [0; 3],
-            };
+            let v = t.value(set_ref(&t.set));
             if self.services.get(k) != Some(&v) {
                 service_puts.push((*k, v));
             }

@@ -60,15 +60,8 @@ pub fn local_answer(query: &Message, view: &ViewDns, ttl: u32) -> Option<Message
     if !host.answers_locally() {
         return None;
     }
-    let mut resp = Message::new(
-        query.metadata.id,
-        MessageType::Response,
-        query.metadata.op_code,
-    );
-    resp.metadata.recursion_desired = query.metadata.recursion_desired;
-    resp.metadata.recursion_available = true;
+    let mut resp = response_to(query, ResponseCode::NoError);
     resp.metadata.authoritative = true;
-    resp.metadata.response_code = ResponseCode::NoError;
     resp.add_query(q.clone());
     match q.query_type() {
         RecordType::A => {
@@ -179,7 +172,8 @@ pub fn learned_entries(
     out
 }
 
-fn servfail(query: &Message) -> Option<Vec<u8>> {
+/// An empty response to `query` with `code`: same id and opcode, RD echoed, RA set.
+fn response_to(query: &Message, code: ResponseCode) -> Message {
     let mut resp = Message::new(
         query.metadata.id,
         MessageType::Response,
@@ -187,7 +181,12 @@ fn servfail(query: &Message) -> Option<Vec<u8>> {
     );
     resp.metadata.recursion_desired = query.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
-    resp.metadata.response_code = ResponseCode::ServFail;
+    resp.metadata.response_code = code;
+    resp
+}
+
+fn servfail(query: &Message) -> Option<Vec<u8>> {
+    let mut resp = response_to(query, ResponseCode::ServFail);
     for q in &query.queries {
         resp.add_query(q.clone());
     }
