@@ -420,6 +420,35 @@ fn watch(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::R
     Some((watcher, rx))
 }
 
+/// Watches the directories the workload cgroups live in: a workload cgroup that is
+/// created or re-created (a new cgroup id, as on every container start) is known
+/// to the kernel within milliseconds of its creation, not at the next poll. Until
+/// then the unknown-workload default holds it (never untouched).
+fn watch_cgroups(
+    config: &Config,
+) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| e.kind.is_create() || e.kind.is_remove()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| warn!("cannot watch cgroups ({e}); polling every second instead"))
+    .ok()?;
+    let parents: BTreeSet<PathBuf> = config
+        .workloads
+        .iter()
+        .filter_map(|w| w.cgroup.parent().map(Path::to_path_buf))
+        .collect();
+    for dir in parents {
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), "cannot watch for new workload cgroups ({e}); polling every second");
+        }
+    }
+    Some((watcher, rx))
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     crate::preflight::check(&config.cgroup_path)?;
@@ -583,12 +612,26 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         None => (None, tokio::sync::mpsc::channel(1).1),
     };
     let mut seen = fingerprint(&dir);
+    let (_cgroup_watcher, mut cgroup_changes) = match watch_cgroups(&state.config) {
+        Some((w, rx)) => (Some(w), rx),
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut due = false;
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            Some(()) = cgroup_changes.recv() => {
+                while cgroup_changes.try_recv().is_ok() {}
+                if state.refresh_workloads() {
+                    let started = Instant::now();
+                    if let Err(e) = state.sync() {
+                        error!("sync failed, will retry: {e}");
+                    }
+                    info!(micros = started.elapsed().as_micros() as u64, "workload cgroups changed");
+                }
+            }
             Some(()) = changes.recv() => {
                 // Let a burst of writes settle, then take them all at once.
                 tokio::time::sleep(Duration::from_millis(5)).await;

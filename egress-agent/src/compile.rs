@@ -9,7 +9,7 @@ use egress_common::addr::{Addr, is_v4_mapped, to_addr};
 use egress_common::*;
 use ipnet::IpNet;
 
-use crate::config::{Config, OutboundMode};
+use crate::config::{Config, OutboundMode, UnknownWorkloads};
 use crate::dns::resolver::Resolved;
 use crate::dns::table::{DnsClient, DnsTables, HostDns, ViewDns};
 use crate::model::{Location, Resolution};
@@ -91,6 +91,8 @@ pub struct Desired {
     pub dns_tables: DnsTables,
     /// [`WORKLOAD_IPS_MAP`]: workloads by address, for traffic attribution.
     pub workload_ips: HashMap<Addr, WorkloadValue>,
+    /// [`IFACES_MAP`]: workloads by interface index, for the interface check.
+    pub ifaces: HashMap<u32, WorkloadValue>,
 }
 
 /// The names the resolver must follow: the hostname endpoints of DNS and
@@ -319,6 +321,10 @@ pub fn prefix_on_v6(net: &IpNet) -> u32 {
     }
 }
 
+/// The name metrics and the access log give cgroups that are no known workload
+/// (with an empty namespace).
+pub const UNKNOWN_WORKLOAD_NAME: &str = "unknown";
+
 /// Compiles the registry and workloads into the desired map content.
 pub fn compile(
     config: &Config,
@@ -382,6 +388,40 @@ pub fn compile(
             });
     }
 
+    // Cgroups under the attach point that are no known workload (yet): the mesh
+    // policy over an empty view, or untouched.
+    let mut unknown = if config.udp_enforcement { WL_UDP } else { 0 };
+    if config.outbound == OutboundMode::RegistryOnly {
+        unknown |= WL_REGISTRY_ONLY;
+    }
+    if config.audit {
+        unknown |= WL_AUDIT;
+    }
+    if config.unknown_workloads == UnknownWorkloads::Untouched {
+        unknown |= WL_UNTOUCHED;
+    }
+    for k in &config.allow_sockets {
+        unknown |= k.flag();
+    }
+    ids.workload_meta.insert(
+        UNKNOWN_WORKLOAD_ID,
+        WorkloadMeta {
+            namespace: String::new(),
+            name: UNKNOWN_WORKLOAD_NAME.into(),
+            cgroup_id: UNKNOWN_CGROUP,
+            policy: config.outbound,
+        },
+    );
+    d.workloads.insert(
+        UNKNOWN_CGROUP,
+        WorkloadValue {
+            workload_id: UNKNOWN_WORKLOAD_ID,
+            view_id: EMPTY_VIEW_ID,
+            flags: unknown,
+            _pad: 0,
+        },
+    );
+
     // One view per (namespace, Sidecar) that has a workload on this node.
     let mut views: BTreeMap<u32, (String, Option<&SidecarScope>)> = BTreeMap::new();
     for w in workloads {
@@ -404,16 +444,18 @@ pub fn compile(
         if config.udp_enforcement {
             flags |= WL_UDP;
         }
+        flags |= config.socket_flags(&w.config);
         let workload_id = ids.workload(w, policy);
-        d.workloads.insert(
-            w.cgroup_id,
-            WorkloadValue {
-                workload_id,
-                view_id,
-                flags,
-                _pad: 0,
-            },
-        );
+        let value = WorkloadValue {
+            workload_id,
+            view_id,
+            flags,
+            _pad: 0,
+        };
+        d.workloads.insert(w.cgroup_id, value);
+        if let Some(ifindex) = w.ifindex {
+            d.ifaces.insert(ifindex, value);
+        }
         for ip in w.config.addresses() {
             d.dns_tables.clients.insert(
                 ip,
@@ -543,14 +585,33 @@ fn compile_service(
                     .chain(s.cidrs.iter().copied());
                 let not_excluded = |n: &IpNet| !config.excluded_cidrs.iter().any(|x| x.contains(n));
                 for net in nets.filter(not_excluded) {
+                    let declared = CidrTarget {
+                        service_id,
+                        kind: CIDR_PASSTHROUGH,
+                        target_port,
+                        set: None,
+                    };
+                    // A declared port wins over another port's targetPort.
                     d.cidrs
                         .entry(cidr_key(view_id, port.number, proto, &net))
-                        .or_insert(CidrTarget {
-                            service_id,
-                            kind: CIDR_PASSTHROUGH,
-                            target_port,
-                            set: None,
-                        });
+                        .and_modify(|t| {
+                            if t.kind == CIDR_PACKET_ONLY {
+                                *t = declared.clone();
+                            }
+                        })
+                        .or_insert(declared);
+                    // Where the rewritten connections' packets go: the packet
+                    // check must let them pass, connect() must not.
+                    if target_port != 0 && target_port != port.number {
+                        d.cidrs
+                            .entry(cidr_key(view_id, target_port, proto, &net))
+                            .or_insert(CidrTarget {
+                                service_id,
+                                kind: CIDR_PACKET_ONLY,
+                                target_port: 0,
+                                set: None,
+                            });
+                    }
                 }
             }
             Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => {
@@ -658,7 +719,9 @@ mod tests {
                 ips: vec![],
                 interface: None,
                 audit: false,
+                allow_sockets: vec![],
             },
+            ifindex: None,
         }
     }
 
@@ -736,7 +799,16 @@ spec:
             &Resolved::default(),
             &mut ids,
         );
-        assert_eq!(d.cidrs.len(), 4);
+        // 2 addresses × (443, 53) declared, and 2 × 8443 for the packets of the
+        // connections rewritten to targetPort.
+        assert_eq!(d.cidrs.len(), 6);
+        let packet_only: Vec<_> = d
+            .cidrs
+            .iter()
+            .filter(|(_, t)| t.kind == CIDR_PACKET_ONLY)
+            .map(|((_, k), _)| k.port)
+            .collect();
+        assert_eq!(packet_only, vec![8443, 8443]);
         let (prefix, key) = d
             .cidrs
             .keys()

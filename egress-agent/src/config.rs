@@ -80,6 +80,55 @@ pub struct WorkloadConfig {
     /// Audit mode for this workload only.
     #[serde(default)]
     pub audit: bool,
+    /// Socket kinds the connect layer cannot judge that this workload may create
+    /// anyway (`icmp`, `raw`, `packet`, `udplite`, `sctp`, `other`).
+    #[serde(default)]
+    pub allow_sockets: Vec<SocketAllow>,
+}
+
+/// A socket kind re-allowed by `allowSockets` (THREAT-MODEL.md: each opens a
+/// path the registry cannot judge; see config/agent.yaml).
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketAllow {
+    /// ICMP/ICMPv6 "ping" sockets; their echo requests may go anywhere.
+    Icmp,
+    /// `SOCK_RAW`: any packet; the workload's packet-level interface check is off.
+    Raw,
+    /// `AF_PACKET`: any frame; the packet-level interface check is off.
+    Packet,
+    Udplite,
+    Sctp,
+    /// Any other AF_INET/AF_INET6 protocol or socket family.
+    Other,
+}
+
+impl SocketAllow {
+    /// The workload flag of this kind.
+    pub fn flag(self) -> u32 {
+        use egress_common::*;
+        match self {
+            Self::Icmp => WL_SOCK_ICMP,
+            Self::Raw => WL_SOCK_RAW,
+            Self::Packet => WL_SOCK_PACKET,
+            Self::Udplite => WL_SOCK_UDPLITE,
+            Self::Sctp => WL_SOCK_SCTP,
+            Self::Other => WL_SOCK_OTHER,
+        }
+    }
+}
+
+/// What a cgroup under `cgroupPath` that is not a known workload gets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum UnknownWorkloads {
+    /// The mesh policy with an empty view: under REGISTRY_ONLY, nothing but DNS
+    /// to the proxy (and excluded/cluster CIDRs).
+    #[default]
+    MeshPolicy,
+    /// Left alone: for hosts whose attach point also holds processes that must
+    /// never be enforced.
+    Untouched,
 }
 
 /// The file as written by the user.
@@ -101,6 +150,12 @@ struct RawConfig {
     audit: bool,
     #[serde(default)]
     audit_namespaces: Vec<String>,
+    #[serde(default)]
+    unknown_workloads: UnknownWorkloads,
+    #[serde(default)]
+    allow_sockets: Vec<SocketAllow>,
+    #[serde(default)]
+    allow_sockets_by_namespace: BTreeMap<String, Vec<SocketAllow>>,
     udp_enforcement: Option<bool>,
     #[serde(default)]
     access_log: RawAccessLog,
@@ -256,6 +311,12 @@ pub struct Config {
     pub audit: bool,
     /// Audit mode for the workloads of these namespaces.
     pub audit_namespaces: Vec<String>,
+    /// What cgroups under `cgroupPath` that are no known workload get.
+    pub unknown_workloads: UnknownWorkloads,
+    /// Socket kinds every workload may create anyway.
+    pub allow_sockets: Vec<SocketAllow>,
+    /// Socket kinds the workloads of a namespace may create anyway.
+    pub allow_sockets_by_namespace: BTreeMap<String, Vec<SocketAllow>>,
     /// Enforce UDP other than DNS (SPEC §7.1 `udpEnforcement`, default true).
     pub udp_enforcement: bool,
     pub access_log: AccessLog,
@@ -282,13 +343,29 @@ pub struct Config {
     pub resolver: ResolverConfig,
 }
 
-/// Loopback and link-local: the node talking to itself is never enforced.
-pub const DEFAULT_EXCLUDED: &[&str] = &["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"];
+/// Loopback only: a workload talking to itself is never enforced. Link-local
+/// destinations (cloud metadata at 169.254.169.254 among them) follow the
+/// registry like any other address.
+pub const DEFAULT_EXCLUDED: &[&str] = &["127.0.0.0/8", "::1/128"];
 
 impl Config {
     /// Is this workload in audit mode (globally, by namespace, or itself)?
     pub fn audits(&self, w: &WorkloadConfig) -> bool {
         self.audit || w.audit || self.audit_namespaces.contains(&w.namespace)
+    }
+
+    /// The `WL_SOCK_*` flags of the socket kinds this workload may create.
+    pub fn socket_flags(&self, w: &WorkloadConfig) -> u32 {
+        self.allow_sockets
+            .iter()
+            .chain(w.allow_sockets.iter())
+            .chain(
+                self.allow_sockets_by_namespace
+                    .get(&w.namespace)
+                    .into_iter()
+                    .flatten(),
+            )
+            .fold(0, |f, k| f | k.flag())
     }
 }
 
@@ -513,6 +590,9 @@ impl Config {
             fail_open: raw.fail_open,
             audit: raw.audit,
             audit_namespaces: raw.audit_namespaces,
+            unknown_workloads: raw.unknown_workloads,
+            allow_sockets: raw.allow_sockets,
+            allow_sockets_by_namespace: raw.allow_sockets_by_namespace,
             udp_enforcement: raw.udp_enforcement.unwrap_or(true),
             access_log: AccessLog {
                 path: raw
@@ -585,6 +665,51 @@ clusterCidrs: [10.96.0.0/12]
             c.cluster_cidrs,
             vec!["10.96.0.0/12".parse::<IpNet>().unwrap()]
         );
+    }
+
+    #[test]
+    fn socket_switches_combine_global_namespace_and_workload() {
+        let text = r#"
+cgroupPath: /x
+allowSockets: [udplite]
+allowSocketsByNamespace: {ops: [icmp]}
+workloads:
+  - {cgroup: a, namespace: ops, name: probe, allowSockets: [raw]}
+  - {cgroup: b, namespace: shop, name: web}
+"#;
+        let c = Config::parse(Path::new("a.yaml"), text).unwrap();
+        use egress_common::*;
+        assert_eq!(
+            c.socket_flags(&c.workloads[0]),
+            WL_SOCK_UDPLITE | WL_SOCK_ICMP | WL_SOCK_RAW
+        );
+        assert_eq!(c.socket_flags(&c.workloads[1]), WL_SOCK_UDPLITE);
+        assert_eq!(c.unknown_workloads, UnknownWorkloads::MeshPolicy);
+        let err = Config::parse(
+            Path::new("a.yaml"),
+            "cgroupPath: /x\nallowSockets: [ping]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ping"), "{err}");
+    }
+
+    #[test]
+    fn link_local_is_not_excluded_by_default() {
+        let c = Config::parse(Path::new("a.yaml"), "cgroupPath: /x\n").unwrap();
+        let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(!c.excluded_cidrs.iter().any(|n| n.contains(&metadata)));
+        assert!(
+            c.excluded_cidrs
+                .iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()))
+        );
+        let c = Config::parse(
+            Path::new("a.yaml"),
+            "cgroupPath: /x\nunknownWorkloads: untouched\n",
+        )
+        .unwrap();
+        assert_eq!(c.unknown_workloads, UnknownWorkloads::Untouched);
     }
 
     #[test]

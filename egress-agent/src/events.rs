@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use egress_common::addr::from_addr;
-use egress_common::{Action, Event, MatchKind, PROTO_UDP, Reason};
+use egress_common::decide::transport_label;
+use egress_common::{Action, Event, Layer, MatchKind, Reason};
 use tokio::io::unix::AsyncFd;
 
 use crate::catalog::Catalog;
@@ -24,9 +25,17 @@ pub struct Record {
     pub cgroup_id: u64,
     pub namespace: String,
     pub workload: String,
-    pub destination: IpAddr,
-    pub port: u16,
+    /// None for a refused `socket()` or `setsockopt()` (no destination yet).
+    pub destination: Option<IpAddr>,
+    pub port: Option<u16>,
+    /// `tcp`, `udp`, `icmp`...; for a refused socket its kind (`raw`, `packet`,
+    /// `icmp`, `udplite`, `sctp`, `other`); for a refused option `ip_options` or
+    /// `ipv6_rthdr`.
     pub transport: &'static str,
+    /// Where it was refused: `connect`, `socket`, `setsockopt`, `socket_packet`
+    /// (a packet of a workload socket), `interface_packet` (a packet on the
+    /// workload's interface).
+    pub layer: &'static str,
     /// The registry host that matched, if any.
     pub host: Option<String>,
     #[serde(rename = "match")]
@@ -62,6 +71,7 @@ pub fn record(ev: &Event, catalog: &Catalog, now_boot_ns: u64, now: SystemTime) 
         .iter()
         .position(|&c| c == 0)
         .unwrap_or(ev.comm.len());
+    let layer = Layer::from_u8(ev.layer).unwrap_or(Layer::Connect);
     let (namespace, workload) = catalog
         .workload(ev.workload_id)
         .map(|w| (w.namespace.clone(), w.name.clone()))
@@ -75,9 +85,10 @@ pub fn record(ev: &Event, catalog: &Catalog, now_boot_ns: u64, now: SystemTime) 
         cgroup_id: ev.cgroup_id,
         namespace,
         workload,
-        destination: from_addr(&ev.addr),
-        port: ev.port,
-        transport: if ev.proto == PROTO_UDP { "udp" } else { "tcp" },
+        destination: layer.has_destination().then(|| from_addr(&ev.addr)),
+        port: layer.has_destination().then_some(ev.port),
+        transport: transport_label(layer, u32::from(ev.family), ev.port, ev.proto),
+        layer: layer.label(),
         host: (ev.service_id != 0)
             .then(|| catalog.service(ev.service_id).map(|s| s.host.clone()))
             .flatten(),
@@ -168,8 +179,9 @@ fn log(r: &Record) {
         process = %r.process,
         workload = %workload,
         cgroup_id = r.cgroup_id,
-        destination = %r.destination,
-        port = r.port,
+        destination = %r.destination.map(|d| d.to_string()).unwrap_or_default(),
+        port = r.port.unwrap_or(0),
+        layer = r.layer,
         transport = r.transport,
         host = r.host.as_deref().unwrap_or(""),
         "{msg}"
@@ -222,7 +234,7 @@ mod tests {
             (r.verdict, r.reason, r.transport),
             ("denied", "registry_only", "tcp")
         );
-        assert_eq!(r.destination, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.destination, Some("192.0.2.1".parse::<IpAddr>().unwrap()));
         assert_eq!(r.time, "2023-11-14T22:13:20.000000Z");
         assert_eq!(r.host, None);
         assert!(decode(&bytes[..10]).is_none());

@@ -252,7 +252,9 @@ impl Dataplane for Sim<'_> {
                     )
                 } else {
                     format!(
-                        "an endpoint of {} (allowed as-is)",
+                        "an endpoint of {}: not a registry address (SPEC §7.3), so a \
+                         direct connect() is judged by the steps below; its packets may \
+                         go there when a VIP is rewritten to it",
                         self.service_name(t.service_id)
                     )
                 };
@@ -362,6 +364,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         .map(|(i, w)| Workload {
             cgroup_id: i as u64 + 1,
             config: w.clone(),
+            ifindex: None,
         })
         .collect();
     let me = workloads

@@ -173,19 +173,36 @@ pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
     let mut workloads: Vec<WorkloadRow> = wl
         .iter()
         .flatten()
-        .map(|(cg, v)| WorkloadRow {
-            cgroup_id: cg,
-            workload: workload(v.workload_id),
-            view: view(v.view_id),
-            policy: if v.flags & WL_REGISTRY_ONLY != 0 {
-                "REGISTRY_ONLY"
-            } else {
-                "ALLOW_ANY"
-            },
-            audit: v.flags & WL_AUDIT != 0,
+        .map(|(cg, v)| {
+            let unknown = cg == UNKNOWN_CGROUP;
+            WorkloadRow {
+                cgroup_id: cg,
+                workload: if unknown {
+                    "(unknown cgroups)".into()
+                } else {
+                    workload(v.workload_id)
+                },
+                view: if unknown {
+                    "(empty)".into()
+                } else {
+                    view(v.view_id)
+                },
+                policy: if v.flags & WL_UNTOUCHED != 0 {
+                    "untouched"
+                } else if v.flags & WL_REGISTRY_ONLY != 0 {
+                    "REGISTRY_ONLY"
+                } else {
+                    "ALLOW_ANY"
+                },
+                audit: v.flags & WL_AUDIT != 0,
+            }
         })
         .collect();
-    workloads.sort_by(|a, b| a.workload.cmp(&b.workload));
+    // The default for unknown cgroups last.
+    workloads.sort_by(|a, b| {
+        (a.cgroup_id == UNKNOWN_CGROUP, &a.workload)
+            .cmp(&(b.cgroup_id == UNKNOWN_CGROUP, &b.workload))
+    });
 
     let mut services: Vec<ServiceRow> = svc
         .iter()

@@ -8,7 +8,10 @@ use aya::maps::{
     Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
 };
 use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt,
+    LsmCgroup, SchedClassifier, SockOps, TcAttachType,
+};
 use aya::{Ebpf, EbpfLoader};
 use egress_common::addr::Addr;
 use egress_common::*;
@@ -35,6 +38,15 @@ pub const PROGRAMS: &[&str] = &[
     "egress_recvmsg4",
     "egress_recvmsg6",
 ];
+
+/// The second line (THREAT-MODEL.md), attached at the same cgroup: `socket()` of
+/// AF_INET/AF_INET6, `setsockopt()`, accepted sockets, every packet of a socket.
+pub const SOCK_CREATE: &str = "egress_sock_create";
+pub const SETSOCKOPT: &str = "egress_setsockopt";
+pub const SOCK_OPS: &str = "egress_sock_ops";
+pub const SKB_EGRESS: &str = "egress_skb_egress";
+/// Other families (AF_PACKET) through the per-cgroup BPF LSM.
+pub const LSM_SOCKET_CREATE: &str = "egress_socket_create";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -73,6 +85,7 @@ pub struct PolicyMaps {
     policy: LpmTrie<MapData, IpKey, PolicyCidrValue>,
     dns: Array<MapData, DnsConfig>,
     workload_ips: HashMap<MapData, Addr, WorkloadValue>,
+    ifaces: HashMap<MapData, u32, WorkloadValue>,
 }
 
 /// The learned-destination map, written by the DNS proxy alone.
@@ -96,6 +109,10 @@ pub struct Loaded {
     pin_path: Option<PathBuf>,
     /// Interfaces with counters attached: name → (ifindex, sent link, received link).
     tc: std::collections::BTreeMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
+    /// The per-cgroup BPF LSM program loaded (the kernel runs the BPF LSM).
+    lsm: bool,
+    /// Maps only pinned (for inspect), never written by the agent.
+    _pinned: Vec<aya::maps::Map>,
 }
 
 /// Settings fixed at load time.
@@ -167,6 +184,42 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
+    program::<CgroupSock>(&mut ebpf, SOCK_CREATE)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: SOCK_CREATE,
+            source,
+        })?;
+    program::<CgroupSockopt>(&mut ebpf, SETSOCKOPT)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: SETSOCKOPT,
+            source,
+        })?;
+    program::<SockOps>(&mut ebpf, SOCK_OPS)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: SOCK_OPS,
+            source,
+        })?;
+    program::<CgroupSkb>(&mut ebpf, SKB_EGRESS)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            name: SKB_EGRESS,
+            source,
+        })?;
+    let lsm = load_lsm(&mut ebpf);
+    let mut pinned = Vec::new();
+    for name in [INBOUND_MAP, FRAGS_MAP] {
+        let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+        if let Some(dir) = pin {
+            map.pin(dir.join(name)).map_err(|e| LoadError::Pin {
+                path: dir.join(name),
+                reason: e.to_string(),
+            })?;
+        }
+        pinned.push(map);
+    }
     let policy = PolicyMaps {
         workloads: take(&mut ebpf, WORKLOADS_MAP, pin)?,
         services: take(&mut ebpf, SERVICES_MAP, pin)?,
@@ -175,6 +228,7 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         policy: take(&mut ebpf, POLICY_CIDRS_MAP, pin)?,
         dns: take(&mut ebpf, DNS_MAP, pin)?,
         workload_ips: take(&mut ebpf, WORKLOAD_IPS_MAP, pin)?,
+        ifaces: take(&mut ebpf, IFACES_MAP, pin)?,
     };
     let telemetry = TelemetryMaps {
         stats: take(&mut ebpf, STATS_MAP, pin)?,
@@ -190,6 +244,8 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
             attached_at: None,
             pin_path: opts.pin_path.clone(),
             tc: Default::default(),
+            lsm,
+            _pinned: pinned,
         },
         policy,
         telemetry,
@@ -205,6 +261,44 @@ impl Loaded {
             path: path.to_owned(),
             source,
         })?;
+        // The second line first: by the time connect() is judged, sockets are
+        // already tagged and packets already checked.
+        program::<SockOps>(&mut self.ebpf, SOCK_OPS)?
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program {
+                name: SOCK_OPS,
+                source,
+            })?;
+        program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS)?
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(|source| LoadError::Program {
+                name: SKB_EGRESS,
+                source,
+            })?;
+        program::<CgroupSockopt>(&mut self.ebpf, SETSOCKOPT)?
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program {
+                name: SETSOCKOPT,
+                source,
+            })?;
+        program::<CgroupSock>(&mut self.ebpf, SOCK_CREATE)?
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program {
+                name: SOCK_CREATE,
+                source,
+            })?;
+        if self.lsm {
+            program::<LsmCgroup>(&mut self.ebpf, LSM_SOCKET_CREATE)?
+                .attach(&cgroup)
+                .map_err(|source| LoadError::Program {
+                    name: LSM_SOCKET_CREATE,
+                    source,
+                })?;
+        }
         for name in PROGRAMS {
             program::<CgroupSockAddr>(&mut self.ebpf, name)?
                 .attach(&cgroup, CgroupAttachMode::Single)
@@ -292,8 +386,49 @@ where
         .map_err(|source| LoadError::Program { name, source })
 }
 
+/// Loads the per-cgroup LSM program that refuses AF_PACKET and other non-IP
+/// families at `socket()`. Optional: where the kernel does not run the BPF LSM or
+/// refuses `BPF_LSM_CGROUP` programs, the agent says so and the frames such
+/// sockets send are still dropped by the interface check.
+fn load_lsm(ebpf: &mut Ebpf) -> bool {
+    if !bpf_lsm_active() {
+        tracing::warn!(
+            "the kernel does not run the BPF LSM (no \"bpf\" in /sys/kernel/security/lsm): \
+             AF_PACKET sockets cannot be refused at socket(); the frames they send are dropped \
+             on workload interfaces (workloads[].interface)"
+        );
+        return false;
+    }
+    let loaded = aya::Btf::from_sys_fs()
+        .map_err(|e| e.to_string())
+        .and_then(|btf| {
+            program::<LsmCgroup>(ebpf, LSM_SOCKET_CREATE)
+                .map_err(|e| e.to_string())?
+                .load("socket_create", &btf)
+                .map_err(|e| e.to_string())
+        });
+    match loaded {
+        Ok(()) => true,
+        Err(e) => {
+            let first = e.lines().next().unwrap_or_default().to_owned();
+            tracing::warn!(
+                "the kernel refused the per-cgroup LSM program ({first}): AF_PACKET sockets \
+                 cannot be refused at socket(); the frames they send are dropped on workload \
+                 interfaces (workloads[].interface)"
+            );
+            false
+        }
+    }
+}
+
+/// Does the kernel run the BPF LSM (needed for `lsm_cgroup` programs to fire)?
+pub fn bpf_lsm_active() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"))
+}
+
 /// The index of a network interface in the agent's namespace.
-fn ifindex(name: &str) -> Option<u32> {
+pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated name.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -368,6 +503,14 @@ impl MapWriter for PolicyMaps {
     fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError> {
         removed(self.workload_ips.remove(&k), WORKLOAD_IPS_MAP)
     }
+    fn put_iface(&mut self, k: u32, v: WorkloadValue) -> Result<(), SyncError> {
+        self.ifaces
+            .insert(k, v, 0)
+            .map_err(map_err("write to", IFACES_MAP))
+    }
+    fn del_iface(&mut self, k: u32) -> Result<(), SyncError> {
+        removed(self.ifaces.remove(&k), IFACES_MAP)
+    }
 }
 
 #[cfg(test)]
@@ -380,7 +523,15 @@ mod tests {
         for name in ALL_MAPS {
             assert!(obj.maps.contains_key(*name), "map {name} missing");
         }
-        for name in PROGRAMS.iter().chain(&[TC_SENT, TC_RECEIVED]) {
+        for name in PROGRAMS.iter().chain(&[
+            TC_SENT,
+            TC_RECEIVED,
+            SOCK_CREATE,
+            SETSOCKOPT,
+            SOCK_OPS,
+            SKB_EGRESS,
+            LSM_SOCKET_CREATE,
+        ]) {
             assert!(obj.programs.contains_key(*name), "program {name} missing");
         }
     }

@@ -349,10 +349,15 @@ pub fn connection_labels(k: &StatKey, catalog: &Catalog) -> Vec<String> {
         dst,
         dst_ns,
         String::new(),
-        k.port.to_string(),
+        // A refused socket() or setsockopt() has no destination port.
+        if egress_common::decide::stat_has_port(k) {
+            k.port.to_string()
+        } else {
+            String::new()
+        },
         cluster,
         location.to_owned(),
-        if k.proto == PROTO_UDP { "udp" } else { "tcp" }.to_owned(),
+        egress_common::decide::stat_transport(k).to_owned(),
         MatchKind::from_u8(k.matched)
             .map_or("unknown", |m| m.label())
             .to_owned(),

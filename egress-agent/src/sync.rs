@@ -27,6 +27,8 @@ pub trait MapWriter {
     fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError>;
     fn put_workload_ip(&mut self, k: Addr, v: WorkloadValue) -> Result<(), SyncError>;
     fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError>;
+    fn put_iface(&mut self, k: u32, v: WorkloadValue) -> Result<(), SyncError>;
+    fn del_iface(&mut self, k: u32) -> Result<(), SyncError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,7 @@ pub struct Syncer {
     next_set: u32,
     dns: Option<DnsConfig>,
     workload_ips: HashMap<Addr, WorkloadValue>,
+    ifaces: HashMap<u32, WorkloadValue>,
 }
 
 impl Syncer {
@@ -186,6 +189,24 @@ impl Syncer {
         for k in gone {
             w.del_workload_ip(k)?;
             self.workload_ips.remove(&k);
+            st.deleted += 1;
+        }
+        for (k, v) in &desired.ifaces {
+            if self.ifaces.get(k) != Some(v) {
+                w.put_iface(*k, *v)?;
+                self.ifaces.insert(*k, *v);
+                st.written += 1;
+            }
+        }
+        let gone: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter(|k| !desired.ifaces.contains_key(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            w.del_iface(k)?;
+            self.ifaces.remove(&k);
             st.deleted += 1;
         }
 
@@ -340,6 +361,12 @@ pub mod tests {
             Ok(())
         }
         fn put_workload_ip(&mut self, _k: Addr, _v: WorkloadValue) -> Result<(), SyncError> {
+            Ok(())
+        }
+        fn put_iface(&mut self, _k: u32, _v: WorkloadValue) -> Result<(), SyncError> {
+            Ok(())
+        }
+        fn del_iface(&mut self, _k: u32) -> Result<(), SyncError> {
             Ok(())
         }
         fn del_workload_ip(&mut self, _k: Addr) -> Result<(), SyncError> {

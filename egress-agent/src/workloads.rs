@@ -11,6 +11,8 @@ use crate::config::WorkloadConfig;
 pub struct Workload {
     pub cgroup_id: u64,
     pub config: WorkloadConfig,
+    /// The index of `config.interface`, when it exists (the interface check).
+    pub ifindex: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,7 @@ pub fn resolve(configs: &[WorkloadConfig]) -> (Vec<Workload>, Vec<WorkloadError>
             Ok(id) => ok.push(Workload {
                 cgroup_id: id,
                 config: c.clone(),
+                ifindex: c.interface.as_deref().and_then(crate::loader::ifindex),
             }),
             Err(source) => errors.push(WorkloadError {
                 namespace: c.namespace.clone(),
@@ -72,6 +75,7 @@ mod tests {
             ips: vec![],
             interface: None,
             audit: false,
+            allow_sockets: vec![],
         };
         let (ok, err) = resolve(&[cfg]);
         assert!(ok.is_empty());

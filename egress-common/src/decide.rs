@@ -80,8 +80,15 @@ pub enum Error {
 /// ancestor that is a workload, so a child cgroup cannot escape its pod.
 #[inline(always)]
 pub fn find_workload<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
-    if let Some(w) = d.workload(d.current_cgroup_id()) {
-        return Some(w);
+    find_workload_key(d).map(|(_, w)| w)
+}
+
+/// As [`find_workload`], with the cgroup id whose entry matched.
+#[inline(always)]
+pub fn find_workload_key<D: Dataplane>(d: &D) -> Option<(u64, WorkloadValue)> {
+    let id = d.current_cgroup_id();
+    if let Some(w) = d.workload(id) {
+        return Some((id, w));
     }
     let mut level = MAX_CGROUP_DEPTH;
     while level > 0 {
@@ -90,17 +97,261 @@ pub fn find_workload<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
         if id != 0
             && let Some(w) = d.workload(id)
         {
-            return Some(w);
+            return Some((id, w));
         }
     }
     None
 }
 
-/// Classifies one `connect()` (SPEC §7.3): excluded → VIP / endpoint → CIDR →
-/// cluster-internal → the workload's policy for unknown destinations.
+/// The `transport` an access-log line and a counter name: the IP protocol of a
+/// connection or packet, the socket kind of a refused `socket()`, the option of
+/// a refused `setsockopt()`. For [`Reason::SocketType`] in stats, `port` is
+/// [`socket_stat_port`]; in events, `family` and `port` carry family and type.
+pub fn transport_label(layer: Layer, family: u32, port: u16, proto: u8) -> &'static str {
+    match layer {
+        Layer::Socket => SocketKind::of(family, u32::from(port), u32::from(proto)).label(),
+        Layer::Sockopt => {
+            if proto == 0 {
+                "ip_options"
+            } else {
+                "ipv6_rthdr"
+            }
+        }
+        _ => match proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            PROTO_ICMP => "icmp",
+            PROTO_ICMPV6 => "icmpv6",
+            _ => "other",
+        },
+    }
+}
+
+/// [`transport_label`] for a stats key (which has no layer: the reason says).
+pub fn stat_transport(k: &StatKey) -> &'static str {
+    match Reason::from_u8(k.reason) {
+        Some(Reason::SocketType) => {
+            let (family, ty) = socket_from_stat_port(k.port);
+            transport_label(Layer::Socket, family, ty as u16, k.proto)
+        }
+        Some(Reason::SourceRoute) if k.proto == 0 || k.proto == 41 => {
+            transport_label(Layer::Sockopt, 0, k.port, k.proto)
+        }
+        _ => transport_label(Layer::Connect, 0, k.port, k.proto),
+    }
+}
+
+/// Does a stats key's port field hold a destination port (not a refused
+/// `socket()`'s family and type, or a refused option's name)?
+pub fn stat_has_port(k: &StatKey) -> bool {
+    match Reason::from_u8(k.reason) {
+        Some(Reason::SocketType) => false,
+        Some(Reason::SourceRoute) => !(k.proto == 0 || k.proto == 41),
+        _ => true,
+    }
+}
+
+/// How a refused `socket()` is counted in the stats key's port: family and type.
+#[inline(always)]
+pub fn socket_stat_port(family: u32, ty: u32) -> u16 {
+    ((family as u16 & 0xff) << 8) | (ty as u16 & 0xff)
+}
+
+/// The inverse of [`socket_stat_port`]: (family, type).
+pub fn socket_from_stat_port(port: u16) -> (u32, u32) {
+    (u32::from(port >> 8), u32::from(port & 0xff))
+}
+
+/// The default for a cgroup under the attach point that is not a known workload
+/// (`unknownWorkloads`): `None` when such cgroups are left untouched.
+#[inline(always)]
+pub fn unknown_default<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
+    match d.workload(UNKNOWN_CGROUP) {
+        Some(w) if w.flags & WL_UNTOUCHED == 0 => Some(w),
+        _ => None,
+    }
+}
+
+/// The workload of the calling task's cgroup, else the unknown-workload default.
+#[inline(always)]
+pub fn current_workload<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
+    match find_workload(d) {
+        Some(w) => Some(w),
+        None => unknown_default(d),
+    }
+}
+
+/// The workload a socket belongs to: the one of the cgroup it was created in
+/// (its tag), not the caller's — a process that left the pod, or a kernel worker
+/// acting for the socket, does not change it. Untagged sockets (created before the
+/// programs were attached, or by the kernel) are judged by the caller's cgroup.
+/// Anything unknown gets the unknown-workload default.
+#[inline(always)]
+pub fn socket_workload<D: Dataplane>(d: &D, tag: Option<&SockTag>) -> Option<WorkloadValue> {
+    if let Some(t) = tag
+        && t.flags & TAG_CREATED != 0
+    {
+        if t.workload_key != 0
+            && let Some(w) = d.workload(t.workload_key)
+        {
+            return Some(w);
+        }
+        if t.cgroup_id != d.current_cgroup_id() {
+            // Used away from where it was made: its creator's cgroup decides.
+            return match d.workload(t.cgroup_id) {
+                Some(w) => Some(w),
+                None => unknown_default(d),
+            };
+        }
+    }
+    current_workload(d)
+}
+
+/// The socket kinds the connect/sendmsg layer cannot judge, named for the
+/// `allowSockets` switch and the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// TCP, MPTCP, UDP (the hooks judge them), UNIX and NETLINK (no IP traffic).
+    Judged,
+    /// ICMP/ICMPv6 "ping" datagram sockets.
+    Icmp,
+    /// `SOCK_RAW` of AF_INET/AF_INET6.
+    Raw,
+    /// AF_PACKET.
+    Packet,
+    UdpLite,
+    Sctp,
+    /// Any other AF_INET/AF_INET6 protocol, any other family.
+    Other,
+}
+
+pub const AF_UNIX: u32 = 1;
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const AF_NETLINK: u32 = 16;
+pub const AF_PACKET: u32 = 17;
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
+pub const SOCK_SEQPACKET: u32 = 5;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_ICMPV6: u32 = 58;
+const IPPROTO_SCTP: u32 = 132;
+const IPPROTO_UDPLITE: u32 = 136;
+
+impl SocketKind {
+    /// The kind of socket `socket(family, ty, proto)` makes (`proto` 0 is the
+    /// type's default: TCP for streams, UDP for datagrams).
+    #[inline(always)]
+    pub fn of(family: u32, ty: u32, proto: u32) -> Self {
+        match family {
+            AF_UNIX | AF_NETLINK => return Self::Judged,
+            AF_PACKET => return Self::Packet,
+            AF_INET | AF_INET6 => {}
+            _ => return Self::Other,
+        }
+        match (ty, proto) {
+            (SOCK_RAW, _) => Self::Raw,
+            (SOCK_STREAM, 0 | IPPROTO_TCP | PROTO_MPTCP) => Self::Judged,
+            (SOCK_DGRAM, 0 | IPPROTO_UDP) => Self::Judged,
+            (SOCK_DGRAM, IPPROTO_ICMP | IPPROTO_ICMPV6) => Self::Icmp,
+            (SOCK_DGRAM, IPPROTO_UDPLITE) => Self::UdpLite,
+            (SOCK_STREAM | SOCK_SEQPACKET, IPPROTO_SCTP) => Self::Sctp,
+            _ => Self::Other,
+        }
+    }
+
+    /// The workload flag that re-allows this kind.
+    #[inline(always)]
+    pub const fn allow_flag(self) -> u32 {
+        match self {
+            Self::Judged => 0,
+            Self::Icmp => WL_SOCK_ICMP,
+            Self::Raw => WL_SOCK_RAW,
+            Self::Packet => WL_SOCK_PACKET,
+            Self::UdpLite => WL_SOCK_UDPLITE,
+            Self::Sctp => WL_SOCK_SCTP,
+            Self::Other => WL_SOCK_OTHER,
+        }
+    }
+
+    /// The name in `allowSockets` and in the access log's `transport`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Judged => "judged",
+            Self::Icmp => "icmp",
+            Self::Raw => "raw",
+            Self::Packet => "packet",
+            Self::UdpLite => "udplite",
+            Self::Sctp => "sctp",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// May this workload create such a socket? `None`: yes, untouched. Otherwise
+/// the decision (deny, or audit in audit mode). Only REGISTRY_ONLY workloads are
+/// held to it: under ALLOW_ANY nothing is refused anyway.
+#[inline(always)]
+pub fn socket_decision(w: &WorkloadValue, kind: SocketKind) -> Option<Decision> {
+    if kind == SocketKind::Judged
+        || w.flags & WL_REGISTRY_ONLY == 0
+        || w.flags & kind.allow_flag() != 0
+    {
+        return None;
+    }
+    Some(deny(
+        Decision {
+            workload: *w,
+            action: Action::Deny,
+            reason: Reason::SocketType,
+            matched: MatchKind::None,
+            service_id: 0,
+            backend: Backend::default(),
+        },
+        Reason::SocketType,
+    ))
+}
+
+/// A refusal of something that changes the first hop (a source route), for a
+/// REGISTRY_ONLY workload; `None` otherwise.
+#[inline(always)]
+pub fn source_route_decision(w: &WorkloadValue) -> Option<Decision> {
+    if w.flags & WL_REGISTRY_ONLY == 0 {
+        return None;
+    }
+    Some(deny(
+        Decision {
+            workload: *w,
+            action: Action::Deny,
+            reason: Reason::SourceRoute,
+            matched: MatchKind::None,
+            service_id: 0,
+            backend: Backend::default(),
+        },
+        Reason::SourceRoute,
+    ))
+}
+
+/// Classifies one `connect()` (SPEC §7.3) of the calling task's cgroup.
 #[inline(always)]
 pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
-    let Some(workload) = find_workload(d) else {
+    classify_as(d, current_workload(d), c)
+}
+
+/// Classifies one `connect()` (SPEC §7.3) for `workload` (`None`: untouched):
+/// excluded → VIP / CIDR / learned → cluster-internal → the workload's policy
+/// for unknown destinations. A service endpoint's own address is not a registry
+/// address (as Istio's listeners behave): it falls through to the policy.
+#[inline(always)]
+pub fn classify_as<D: Dataplane>(
+    d: &D,
+    workload: Option<WorkloadValue>,
+    c: &Connect,
+) -> Result<Outcome, Error> {
+    let Some(workload) = workload else {
         return Ok(Outcome::Untouched);
     };
     if c.port == DNS_PORT
@@ -123,7 +374,7 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     // The registry first: the agent never puts an address of an excluded CIDR
     // in it, so this order equals SPEC §7.3's and spares the common case (a VIP)
     // the LPM lookup of the excluded and cluster CIDRs.
-    if let Some(r) = registry_match(d, c, decision) {
+    if let Some(r) = registry_match(d, c, decision, false) {
         return r;
     }
     let mut cluster = false;
@@ -141,7 +392,7 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
             proto: PROTO_TCP,
             ..*c
         };
-        if let Some(Ok(Outcome::Decided(t))) = registry_match(d, &tcp, decision)
+        if let Some(Ok(Outcome::Decided(t))) = registry_match(d, &tcp, decision, false)
             && matches!(t.action, Action::Allow | Action::Rewrite)
         {
             return Ok(Outcome::Untouched);
@@ -159,6 +410,103 @@ pub fn classify<D: Dataplane>(d: &D, c: &Connect) -> Result<Outcome, Error> {
     Ok(Outcome::Decided(decision))
 }
 
+/// One packet as the packet-level check sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketDest {
+    /// Destination, network byte order, IPv4 v4-mapped.
+    pub addr: Addr,
+    /// Destination port, host byte order (0 for ICMP).
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// The packet-level second line: may a packet of `w` go to `p`? Where a
+/// `connect()` may lead, its packets may go: the DNS proxy, excluded and
+/// cluster CIDRs, a service endpoint (where a VIP is rewritten to), a
+/// pass-through CIDR (also on its `targetPort`), a learned address. A VIP itself
+/// is never a packet's destination (connect rewrote it). Returns the service id
+/// matched (0: none) when allowed.
+#[inline(always)]
+pub fn packet_allowed<D: Dataplane>(
+    d: &D,
+    w: &WorkloadValue,
+    p: &PacketDest,
+    now_ns: u64,
+) -> Option<u32> {
+    if w.flags & WL_REGISTRY_ONLY == 0 {
+        return Some(0);
+    }
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return None;
+    }
+    if p.proto == PROTO_UDP && w.flags & WL_UDP == 0 {
+        return Some(0);
+    }
+    if let Some(dns) = d.dns()
+        && dns.flags & DNS_CAPTURE != 0
+        && p.port == dns.port
+        && (p.addr == dns.proxy_v4 || (dns.flags & DNS_HAS_V6 != 0 && p.addr == dns.proxy_v6))
+    {
+        return Some(0);
+    }
+    let key = ServiceKey {
+        addr: p.addr,
+        view_id: w.view_id,
+        port: p.port,
+        proto: p.proto,
+        _pad: 0,
+    };
+    if let Some(svc) = d.service(&key)
+        && svc.kind == SVC_ENDPOINT
+    {
+        return Some(svc.service_id);
+    }
+    let ckey = CidrKey {
+        view_id: w.view_id,
+        port: p.port,
+        proto: p.proto,
+        _pad: 0,
+        addr: p.addr,
+    };
+    if let Some(cidr) = d.cidr(&ckey)
+        && cidr.kind != CIDR_BALANCE
+    {
+        return Some(cidr.service_id);
+    }
+    let lkey = LearnedKey {
+        addr: p.addr,
+        workload_id: w.workload_id,
+        port: p.port,
+        proto: p.proto,
+        _pad: 0,
+    };
+    if let Some(l) = d.learned(&lkey)
+        && l.expires_ns > now_ns
+    {
+        return Some(l.service_id);
+    }
+    if d.policy_cidr(&p.addr).is_some() {
+        return Some(0);
+    }
+    None
+}
+
+/// A packet-level refusal, or its audited form.
+#[inline(always)]
+pub fn packet_decision(w: &WorkloadValue) -> Decision {
+    deny(
+        Decision {
+            workload: *w,
+            action: Action::Deny,
+            reason: Reason::PacketCheck,
+            matched: MatchKind::None,
+            service_id: 0,
+            backend: Backend::default(),
+        },
+        Reason::PacketCheck,
+    )
+}
+
 /// The registry steps (SPEC §7.3 steps 2–4): VIP or endpoint, CIDR, learned.
 /// `None` when nothing in the workload's view matches.
 #[inline(always)]
@@ -166,6 +514,7 @@ fn registry_match<D: Dataplane>(
     d: &D,
     c: &Connect,
     mut decision: Decision,
+    endpoints: bool,
 ) -> Option<Result<Outcome, Error>> {
     let workload = decision.workload;
     let key = ServiceKey {
@@ -176,13 +525,17 @@ fn registry_match<D: Dataplane>(
         _pad: 0,
     };
     if let Some(svc) = d.service(&key) {
-        decision.service_id = svc.service_id;
         if svc.kind == SVC_ENDPOINT {
-            decision.matched = MatchKind::Endpoint;
-            return Some(Ok(Outcome::Decided(decision)));
+            if endpoints {
+                decision.service_id = svc.service_id;
+                decision.matched = MatchKind::Endpoint;
+                return Some(Ok(Outcome::Decided(decision)));
+            }
+        } else {
+            decision.service_id = svc.service_id;
+            decision.matched = MatchKind::Vip;
+            return Some(pick(d, c, decision, svc.set_id, svc.slots, svc.v4_slots));
         }
-        decision.matched = MatchKind::Vip;
-        return Some(pick(d, c, decision, svc.set_id, svc.slots, svc.v4_slots));
     }
 
     let ckey = CidrKey {
@@ -192,7 +545,9 @@ fn registry_match<D: Dataplane>(
         _pad: 0,
         addr: c.addr,
     };
-    if let Some(cidr) = d.cidr(&ckey) {
+    if let Some(cidr) = d.cidr(&ckey)
+        && cidr.kind != CIDR_PACKET_ONLY
+    {
         decision.service_id = cidr.service_id;
         decision.matched = MatchKind::Cidr;
         if cidr.kind == CIDR_BALANCE {
@@ -589,12 +944,309 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_address_is_allowed_as_is() {
+    fn endpoint_address_is_not_a_registry_address_but_its_packets_pass() {
         let f = world(WL_REGISTRY_ONLY);
         let d = decided(classify(&f, &conn("198.18.0.11", 8080, 0)));
-        assert_eq!(d.action, Action::Allow);
-        assert_eq!(d.matched, MatchKind::Endpoint);
-        assert_eq!(d.reason, Reason::RegistryMatch);
+        assert_eq!(
+            (d.action, d.reason, d.matched, d.service_id),
+            (Action::Deny, Reason::RegistryOnly, MatchKind::None, 0)
+        );
+        // Where a rewritten VIP connection goes, its packets may go.
+        let w = f.workloads[&POD_CG];
+        let p = PacketDest {
+            addr: a("198.18.0.11"),
+            port: 8080,
+            proto: PROTO_TCP,
+        };
+        assert_eq!(packet_allowed(&f, &w, &p, 0), Some(3));
+        // A VIP itself is never a packet's destination, nor another port.
+        let vip = PacketDest {
+            addr: a("240.240.0.1"),
+            port: 80,
+            ..p
+        };
+        assert_eq!(packet_allowed(&f, &w, &vip, 0), None);
+        let other = PacketDest { port: 22, ..p };
+        assert_eq!(packet_allowed(&f, &w, &other, 0), None);
+    }
+
+    #[test]
+    fn packet_check_follows_cidrs_learned_dns_and_policy() {
+        let mut f = world(WL_REGISTRY_ONLY | WL_UDP);
+        f.dns = Some(DnsConfig {
+            proxy_v4: a("198.18.0.1"),
+            port: 53,
+            flags: DNS_CAPTURE,
+            ..DnsConfig::default()
+        });
+        let w = f.workloads[&POD_CG];
+        let at = |addr: &str, port: u16, proto: u8| PacketDest {
+            addr: a(addr),
+            port,
+            proto,
+        };
+        assert_eq!(
+            packet_allowed(&f, &w, &at("203.0.113.9", 443, PROTO_TCP), 0),
+            Some(4)
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("198.18.0.1", 53, PROTO_UDP), 0),
+            Some(0)
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("198.18.0.1", 54, PROTO_UDP), 0),
+            None
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("127.0.0.1", 5432, PROTO_TCP), 0),
+            Some(0)
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("192.0.2.1", 22, PROTO_TCP), 0),
+            None
+        );
+        // Not TCP or UDP (a tunnel, ICMP): nothing the registry allows.
+        assert_eq!(packet_allowed(&f, &w, &at("203.0.113.9", 0, 47), 0), None);
+        f.learned.insert(
+            LearnedKey {
+                addr: a("192.0.2.1"),
+                workload_id: 7,
+                port: 22,
+                proto: PROTO_TCP,
+                _pad: 0,
+            },
+            LearnedValue {
+                service_id: 9,
+                _pad: 0,
+                expires_ns: 100,
+            },
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("192.0.2.1", 22, PROTO_TCP), 50),
+            Some(9)
+        );
+        assert_eq!(
+            packet_allowed(&f, &w, &at("192.0.2.1", 22, PROTO_TCP), 150),
+            None
+        );
+        // A NONE entry's targetPort: its packets pass, a connect() does not.
+        f.cidrs.push((
+            96 + 24,
+            CidrKey {
+                view_id: 1,
+                port: 8443,
+                proto: PROTO_TCP,
+                _pad: 0,
+                addr: a("203.0.113.0"),
+            },
+            CidrValue {
+                service_id: 4,
+                kind: CIDR_PACKET_ONLY,
+                ..CidrValue::default()
+            },
+        ));
+        assert_eq!(
+            packet_allowed(&f, &w, &at("203.0.113.9", 8443, PROTO_TCP), 0),
+            Some(4)
+        );
+        let d = decided(classify(&f, &conn("203.0.113.9", 8443, 0)));
+        assert_eq!(d.action, Action::Deny);
+        // ALLOW_ANY: everything.
+        let any = WorkloadValue { flags: 0, ..w };
+        assert_eq!(
+            packet_allowed(&f, &any, &at("192.0.2.1", 1, 47), 0),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn unknown_cgroups_get_the_default_unless_untouched() {
+        let mut f = world(WL_REGISTRY_ONLY);
+        f.cgroup = 555;
+        f.ancestors = vec![1, 2, 555];
+        assert_eq!(
+            classify(&f, &conn("192.0.2.1", 22, 0)),
+            Ok(Outcome::Untouched)
+        );
+        let default = WorkloadValue {
+            workload_id: UNKNOWN_WORKLOAD_ID,
+            view_id: EMPTY_VIEW_ID,
+            flags: WL_REGISTRY_ONLY,
+            _pad: 0,
+        };
+        f.workloads.insert(UNKNOWN_CGROUP, default);
+        let d = decided(classify(&f, &conn("192.0.2.1", 22, 0)));
+        assert_eq!(
+            (d.workload.workload_id, d.action),
+            (UNKNOWN_WORKLOAD_ID, Action::Deny)
+        );
+        // The empty view has no VIP.
+        let d = decided(classify(&f, &conn("240.240.0.1", 80, 0)));
+        assert_eq!(d.action, Action::Deny);
+        f.workloads.insert(
+            UNKNOWN_CGROUP,
+            WorkloadValue {
+                flags: WL_REGISTRY_ONLY | WL_UNTOUCHED,
+                ..default
+            },
+        );
+        assert_eq!(
+            classify(&f, &conn("192.0.2.1", 22, 0)),
+            Ok(Outcome::Untouched)
+        );
+    }
+
+    #[test]
+    fn a_socket_belongs_to_the_cgroup_it_was_created_in() {
+        let mut f = world(WL_REGISTRY_ONLY);
+        f.workloads.insert(
+            UNKNOWN_CGROUP,
+            WorkloadValue {
+                workload_id: UNKNOWN_WORKLOAD_ID,
+                view_id: EMPTY_VIEW_ID,
+                flags: 0,
+                _pad: 0,
+            },
+        );
+        let made_in_pod = SockTag {
+            cgroup_id: POD_CG,
+            workload_key: POD_CG,
+            flags: TAG_CREATED,
+            ..SockTag::default()
+        };
+        // Used by a process that moved out to a cgroup the agent does not know.
+        f.cgroup = 555;
+        f.ancestors = vec![1, 555];
+        assert_eq!(
+            socket_workload(&f, Some(&made_in_pod)).unwrap().workload_id,
+            7
+        );
+        // Made in a child cgroup of the pod (matched key = the pod).
+        let made_in_child = SockTag {
+            cgroup_id: 999,
+            ..made_in_pod
+        };
+        assert_eq!(
+            socket_workload(&f, Some(&made_in_child))
+                .unwrap()
+                .workload_id,
+            7
+        );
+        // Made where no workload was known, used elsewhere: its creator's cgroup
+        // decides, else the default; never the caller's.
+        let stranger = SockTag {
+            cgroup_id: 4242,
+            workload_key: 0,
+            flags: TAG_CREATED,
+            ..SockTag::default()
+        };
+        f.cgroup = POD_CG;
+        assert_eq!(
+            socket_workload(&f, Some(&stranger)).unwrap().workload_id,
+            UNKNOWN_WORKLOAD_ID
+        );
+        // Made where no workload was known yet, used there once it is known.
+        let early = SockTag {
+            cgroup_id: POD_CG,
+            ..stranger
+        };
+        assert_eq!(socket_workload(&f, Some(&early)).unwrap().workload_id, 7);
+        // Untagged (made before the programs were attached, or by the kernel):
+        // the caller's cgroup.
+        assert_eq!(socket_workload(&f, None).unwrap().workload_id, 7);
+        f.cgroup = 555;
+        assert_eq!(
+            socket_workload(&f, None).unwrap().workload_id,
+            UNKNOWN_WORKLOAD_ID
+        );
+    }
+
+    #[test]
+    fn socket_kinds_the_connect_layer_cannot_judge() {
+        use SocketKind::*;
+        let table = [
+            (AF_INET, SOCK_STREAM, 0, Judged),
+            (AF_INET, SOCK_STREAM, 6, Judged),
+            (AF_INET6, SOCK_STREAM, PROTO_MPTCP, Judged),
+            (AF_INET, SOCK_DGRAM, 17, Judged),
+            (AF_INET6, SOCK_DGRAM, 0, Judged),
+            (AF_UNIX, SOCK_STREAM, 0, Judged),
+            (AF_NETLINK, SOCK_RAW, 0, Judged),
+            (AF_INET, SOCK_RAW, 17, Raw),
+            (AF_INET6, SOCK_RAW, 255, Raw),
+            (AF_PACKET, SOCK_DGRAM, 0x0008, Packet),
+            (AF_PACKET, SOCK_RAW, 0, Packet),
+            (AF_INET, SOCK_DGRAM, 1, Icmp),
+            (AF_INET6, SOCK_DGRAM, 58, Icmp),
+            (AF_INET, SOCK_DGRAM, 136, UdpLite),
+            (AF_INET, SOCK_STREAM, 132, Sctp),
+            (AF_INET6, SOCK_SEQPACKET, 132, Sctp),
+            (AF_INET, 6, 33, Other),
+            (AF_INET, SOCK_STREAM, 33, Other),
+            (44, SOCK_RAW, 0, Other),
+        ];
+        for (family, ty, proto, want) in table {
+            assert_eq!(
+                SocketKind::of(family, ty, proto),
+                want,
+                "{family}/{ty}/{proto}"
+            );
+        }
+        let w = WorkloadValue {
+            workload_id: 7,
+            view_id: 1,
+            flags: WL_REGISTRY_ONLY,
+            _pad: 0,
+        };
+        let d = socket_decision(&w, Raw).unwrap();
+        assert_eq!((d.action, d.reason), (Action::Deny, Reason::SocketType));
+        assert_eq!(socket_decision(&w, Judged), None);
+        let ping_ok = WorkloadValue {
+            flags: WL_REGISTRY_ONLY | WL_SOCK_ICMP,
+            ..w
+        };
+        assert_eq!(socket_decision(&ping_ok, Icmp), None);
+        assert!(socket_decision(&ping_ok, Raw).is_some());
+        let audit = WorkloadValue {
+            flags: WL_REGISTRY_ONLY | WL_AUDIT,
+            ..w
+        };
+        assert_eq!(
+            socket_decision(&audit, Packet).unwrap().action,
+            Action::Audit
+        );
+        // ALLOW_ANY refuses nothing.
+        assert_eq!(socket_decision(&WorkloadValue { flags: 0, ..w }, Raw), None);
+        assert_eq!(
+            source_route_decision(&WorkloadValue { flags: 0, ..w }),
+            None
+        );
+        assert_eq!(
+            source_route_decision(&w).unwrap().reason,
+            Reason::SourceRoute
+        );
+    }
+
+    #[test]
+    fn transports_name_family_protocol_and_option() {
+        assert_eq!(transport_label(Layer::Socket, AF_INET, 3, 17), "raw");
+        assert_eq!(transport_label(Layer::Socket, AF_PACKET, 2, 0), "packet");
+        assert_eq!(transport_label(Layer::Socket, AF_INET, 2, 1), "icmp");
+        assert_eq!(transport_label(Layer::Sockopt, 4, 4, 0), "ip_options");
+        assert_eq!(transport_label(Layer::Sockopt, 6, 57, 41), "ipv6_rthdr");
+        assert_eq!(
+            transport_label(Layer::SocketPacket, 4, 80, PROTO_TCP),
+            "tcp"
+        );
+        assert_eq!(transport_label(Layer::InterfacePacket, 6, 0, 58), "icmpv6");
+        let k = StatKey {
+            port: socket_stat_port(AF_INET6, SOCK_DGRAM),
+            proto: 136,
+            reason: Reason::SocketType as u8,
+            ..StatKey::default()
+        };
+        assert_eq!(stat_transport(&k), "udplite");
+        assert_eq!(socket_from_stat_port(k.port), (AF_INET6, SOCK_DGRAM));
     }
 
     #[test]
@@ -646,8 +1298,9 @@ mod tests {
             (Action::Rewrite, MatchKind::Cidr, 5)
         );
         assert_eq!(d.backend.addr, a("198.18.0.11"));
+        // An endpoint inside the CIDR is balanced like any address of it.
         let d = decided(classify(&f, &conn("198.18.0.11", 8080, 0)));
-        assert_eq!((d.action, d.matched), (Action::Allow, MatchKind::Endpoint));
+        assert_eq!((d.action, d.matched), (Action::Rewrite, MatchKind::Cidr));
     }
 
     #[test]
@@ -701,9 +1354,12 @@ mod tests {
             (d.action, d.reason),
             (Action::Allow, Reason::ClusterInternal)
         );
-        // A registry match inside the cluster range still wins.
+        // An endpoint's own address is no registry match: cluster-internal.
         let d = decided(classify(&f, &conn("198.18.0.11", 8080, 0)));
-        assert_eq!(d.matched, MatchKind::Endpoint);
+        assert_eq!(
+            (d.matched, d.reason),
+            (MatchKind::None, Reason::ClusterInternal)
+        );
     }
 
     #[test]

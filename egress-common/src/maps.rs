@@ -43,6 +43,19 @@ pub const WORKLOAD_IPS_MAP: &str = "EGRESS_WLIPS";
 pub const TRAFFIC_MAP: &str = "EGRESS_TRAFFIC";
 /// Per-CPU workload id → [`RateBucket`]: the access-log rate limit.
 pub const RATE_MAP: &str = "EGRESS_RATE";
+/// Interface index → [`WorkloadValue`]: the workload behind each enforced interface
+/// (host side of its veth), for the packet-level check on that interface.
+pub const IFACES_MAP: &str = "EGRESS_IFACES";
+/// LRU [`FlowKey`] → boot-time ns: flows a remote end opened towards a workload
+/// (its replies pass the interface check whatever the registry says).
+pub const INBOUND_MAP: &str = "EGRESS_INBOUND";
+/// LRU [`FragKey`] → u8: first fragments the interface check let through (the
+/// later fragments of the same datagram follow them).
+pub const FRAGS_MAP: &str = "EGRESS_FRAGS";
+/// Socket storage of [`SockTag`]: the workload a socket was created in, and the
+/// destination its packets were last found allowed for. Owned by the programs;
+/// the agent never reads it.
+pub const SOCK_TAGS_MAP: &str = "EGRESS_SOCKTAGS";
 
 /// Every map the programs define, for checks and inspection.
 pub const ALL_MAPS: &[&str] = &[
@@ -61,6 +74,9 @@ pub const ALL_MAPS: &[&str] = &[
     WORKLOAD_IPS_MAP,
     TRAFFIC_MAP,
     RATE_MAP,
+    IFACES_MAP,
+    INBOUND_MAP,
+    FRAGS_MAP,
 ];
 
 /// Capacities. The agent may raise them at load time (`EbpfLoader::map_max_entries`).
@@ -75,6 +91,17 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const UDP_NAT_MAX: u32 = 262_144;
 pub const LEARNED_MAX: u32 = 262_144;
 pub const TRAFFIC_MAX: u32 = 65_536;
+pub const IFACES_MAX: u32 = 16_384;
+pub const INBOUND_MAX: u32 = 262_144;
+pub const FRAGS_MAX: u32 = 16_384;
+
+/// The key of [`WORKLOADS_MAP`] that holds the default for cgroups under the attach
+/// point that are not a known workload (`unknownWorkloads`). No cgroup has id 0.
+pub const UNKNOWN_CGROUP: u64 = 0;
+/// The workload id of that default, in stats and events.
+pub const UNKNOWN_WORKLOAD_ID: u32 = u32::MAX;
+/// The view of that default: no service is ever compiled into it.
+pub const EMPTY_VIEW_ID: u32 = u32::MAX;
 
 /// Well-known DNS port.
 pub const DNS_PORT: u16 = 53;
@@ -136,6 +163,13 @@ pub enum Reason {
     NoRoute = 5,
     NoEndpoints = 6,
     Overflow = 7,
+    /// A socket the connect/sendmsg layer cannot judge (raw, packet, ping, ...).
+    SocketType = 8,
+    /// A source route: IPv4 options or an IPv6 routing header.
+    SourceRoute = 9,
+    /// A packet for a destination outside the view, whatever made it (the
+    /// packet-level second line).
+    PacketCheck = 10,
 }
 
 impl Reason {
@@ -148,6 +182,9 @@ impl Reason {
             5 => Some(Self::NoRoute),
             6 => Some(Self::NoEndpoints),
             7 => Some(Self::Overflow),
+            8 => Some(Self::SocketType),
+            9 => Some(Self::SourceRoute),
+            10 => Some(Self::PacketCheck),
             _ => None,
         }
     }
@@ -161,6 +198,9 @@ impl Reason {
             Self::NoRoute => "no_route",
             Self::NoEndpoints => "no_endpoints",
             Self::Overflow => "overflow",
+            Self::SocketType => "socket_type",
+            Self::SourceRoute => "source_route",
+            Self::PacketCheck => "packet_check",
         }
     }
 }
@@ -206,6 +246,55 @@ impl MatchKind {
 /// IP protocol numbers as they appear in keys.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// `IPPROTO_MPTCP` as `socket(2)` takes it (does not fit a packet's u8 field).
+pub const PROTO_MPTCP: u32 = 262;
+
+/// Where a refusal happened ([`Event::layer`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Layer {
+    /// `connect()` / `sendmsg()`: the first line.
+    Connect = 0,
+    /// `socket()`: a type the connect layer cannot judge.
+    Socket = 1,
+    /// `setsockopt()`: an option that changes the first hop.
+    Sockopt = 2,
+    /// A packet of a workload socket (cgroup egress).
+    SocketPacket = 3,
+    /// A packet on a workload's interface (TC).
+    InterfacePacket = 4,
+}
+
+impl Layer {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Connect),
+            1 => Some(Self::Socket),
+            2 => Some(Self::Sockopt),
+            3 => Some(Self::SocketPacket),
+            4 => Some(Self::InterfacePacket),
+            _ => None,
+        }
+    }
+
+    /// Does an event of this layer name a destination (a `socket()` or
+    /// `setsockopt()` has none yet)?
+    pub const fn has_destination(self) -> bool {
+        !matches!(self, Self::Socket | Self::Sockopt)
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Socket => "socket",
+            Self::Sockopt => "setsockopt",
+            Self::SocketPacket => "socket_packet",
+            Self::InterfacePacket => "interface_packet",
+        }
+    }
+}
 
 /// Indices of the per-CPU [`COUNTERS_MAP`].
 #[repr(u32)]
@@ -234,10 +323,18 @@ pub enum Counter {
     EventsRateLimited = 13,
     /// A traffic counter could not be created (map full).
     TrafficFull = 14,
+    ErrSockCreate = 15,
+    ErrSockopt = 16,
+    ErrSkbEgress = 17,
+    ErrTcEnforce = 18,
+    /// Packets the packet-level check dropped (socket egress and interface).
+    PacketsDropped = 19,
+    /// A socket's tag could not be stored (no memory).
+    SockTagFull = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -254,6 +351,12 @@ impl Counter {
         Self::UdpNatFull,
         Self::EventsRateLimited,
         Self::TrafficFull,
+        Self::ErrSockCreate,
+        Self::ErrSockopt,
+        Self::ErrSkbEgress,
+        Self::ErrTcEnforce,
+        Self::PacketsDropped,
+        Self::SockTagFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -273,6 +376,12 @@ impl Counter {
             Self::UdpNatFull => "udp_nat_full",
             Self::EventsRateLimited => "events_rate_limited",
             Self::TrafficFull => "traffic_full",
+            Self::ErrSockCreate => "sock_create_errors",
+            Self::ErrSockopt => "setsockopt_errors",
+            Self::ErrSkbEgress => "skb_egress_errors",
+            Self::ErrTcEnforce => "tc_enforce_errors",
+            Self::PacketsDropped => "packets_dropped",
+            Self::SockTagFull => "sock_tag_full",
         }
     }
 }
@@ -287,6 +396,19 @@ pub const WL_REGISTRY_ONLY: u32 = 1;
 pub const WL_AUDIT: u32 = 2;
 /// Workload flag: UDP other than DNS is enforced too (`udpEnforcement`).
 pub const WL_UDP: u32 = 4;
+/// Workload flag (on the [`UNKNOWN_CGROUP`] default only): leave unknown cgroups
+/// untouched (`unknownWorkloads: untouched`).
+pub const WL_UNTOUCHED: u32 = 8;
+/// Workload flags re-allowing socket kinds the connect layer cannot judge
+/// (`allowSockets`); without them a REGISTRY_ONLY workload cannot create them.
+pub const WL_SOCK_ICMP: u32 = 1 << 8;
+pub const WL_SOCK_RAW: u32 = 1 << 9;
+pub const WL_SOCK_PACKET: u32 = 1 << 10;
+pub const WL_SOCK_UDPLITE: u32 = 1 << 11;
+pub const WL_SOCK_SCTP: u32 = 1 << 12;
+/// Any other protocol of AF_INET/AF_INET6, and other families than
+/// INET, INET6, UNIX, NETLINK and PACKET.
+pub const WL_SOCK_OTHER: u32 = 1 << 13;
 
 /// Value of [`WORKLOADS_MAP`], keyed by cgroup id (u64).
 #[repr(C)]
@@ -386,6 +508,9 @@ pub const CIDR_PASSTHROUGH: u8 = 1;
 /// [`CidrValue::kind`]: STATIC resolution, the destination is load-balanced to a
 /// backend of `set_id` like a VIP.
 pub const CIDR_BALANCE: u8 = 2;
+/// [`CidrValue::kind`]: a NONE entry's `targetPort`, where its rewritten
+/// connections' packets go: allowed to packets only, never to a `connect()`.
+pub const CIDR_PACKET_ONLY: u8 = 3;
 
 /// Value of [`CIDRS_MAP`].
 #[repr(C)]
@@ -534,6 +659,64 @@ pub struct TrafficValue {
 }
 const _: () = assert!(size_of::<TrafficValue>() == 16);
 
+/// Key of [`INBOUND_MAP`]: a flow a remote end opened towards a workload, as the
+/// workload's replies carry it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The workload's address, network byte order, IPv4 v4-mapped.
+    pub local: Addr,
+    pub remote: Addr,
+    /// Host byte order; 0 in the peer-only form (for ICMP replies and errors).
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Key of [`FRAGS_MAP`]: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// The IPv4 identification or IPv6 fragment id, as in the packet.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// [`SockTag::flags`]: an accepted socket (its peer opened the connection).
+pub const TAG_PASSIVE: u32 = 1;
+/// [`SockTag::flags`]: `ok_*` hold a destination its packets may go to.
+pub const TAG_OK: u32 = 2;
+/// [`SockTag::flags`]: a packet-level refusal of this socket was logged already.
+pub const TAG_LOGGED: u32 = 4;
+/// [`SockTag::flags`]: `cgroup_id` is the socket's creator (tagged at creation).
+pub const TAG_CREATED: u32 = 8;
+
+/// Value of [`SOCK_TAGS_MAP`] (socket-local storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTag {
+    /// The cgroup the socket was created in.
+    pub cgroup_id: u64,
+    /// The [`WORKLOADS_MAP`] key that matched at creation (0: none did).
+    pub workload_key: u64,
+    /// `TAG_*`.
+    pub flags: u32,
+    /// With [`TAG_OK`]: the destination port (host order) and protocol last
+    /// found allowed.
+    pub ok_port: u16,
+    pub ok_proto: u8,
+    pub _pad: u8,
+    /// With [`TAG_OK`]: the destination address last found allowed.
+    pub ok_addr: Addr,
+}
+const _: () = assert!(size_of::<SockTag>() == 40);
+
 /// Value of [`RATE_MAP`]: a token bucket kept as time credit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -584,9 +767,11 @@ pub struct Event {
     pub action: u8,
     pub reason: u8,
     pub matched: u8,
-    /// 4 or 6: the socket family.
+    /// 4 or 6: the socket family; for [`Layer::Socket`], the `AF_*` number.
     pub family: u8,
-    pub _pad: u8,
+    /// [`Layer`]. For [`Layer::Socket`], `port` is the socket type and `proto`
+    /// the protocol asked for.
+    pub layer: u8,
     /// `comm` of the calling thread, NUL padded.
     pub comm: [u8; 16],
     pub _pad2: [u8; 4],
@@ -618,4 +803,7 @@ mod pod {
     unsafe impl aya::Pod for TrafficKey {}
     unsafe impl aya::Pod for TrafficValue {}
     unsafe impl aya::Pod for RateBucket {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for SockTag {}
 }

@@ -1,27 +1,40 @@
 //! Maps and programs. Map statics are named exactly as the `*_MAP` constants of
 //! `egress_common::maps`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock},
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_prandom_u32,
-            bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{cgroup_sock_addr, classifier, map},
+    macros::{
+        btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier, lsm_cgroup,
+        map, sock_ops,
+    },
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
-    programs::{SockAddrContext, TcContext},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+        TcContext,
+    },
 };
 use egress_common::{
     addr::{Addr, is_v4_mapped, v4_mapped, v4_octets},
-    decide::{self, Connect, Dataplane, Decision, Outcome},
+    decide::{self, Connect, Dataplane, Decision, Outcome, PacketDest, SocketKind},
     maps::*,
 };
+
+mod guard;
+use guard::{sock_tag, tag_logged, tag_ok};
 
 #[map]
 static EGRESS_WORKLOADS: HashMap<u64, WorkloadValue> =
@@ -64,6 +77,16 @@ static EGRESS_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficValue> =
 #[map]
 static EGRESS_RATE: PerCpuHashMap<u32, RateBucket> =
     PerCpuHashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_IFACES: HashMap<u32, WorkloadValue> =
+    HashMap::with_max_entries(IFACES_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_INBOUND: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(INBOUND_MAX, BPF_F_NO_COMMON_LRU);
+#[map]
+static EGRESS_FRAGS: LruHashMap<FragKey, u8> = LruHashMap::with_max_entries(FRAGS_MAX, 0);
+#[btf_map]
+static EGRESS_SOCKTAGS: SkStorage<SockTag> = SkStorage::new();
 
 /// Load-time globals of the access-log rate limit (per workload, per CPU): the
 /// cost of one event in nanoseconds (1 s / rate) and the burst credit.
@@ -110,20 +133,58 @@ fn bump(counter: Counter) {
     }
 }
 
-/// The kernel as a `Dataplane`.
-struct Kernel;
+/// Where a program finds "its" cgroup and that cgroup's ancestors.
+trait Cgroups {
+    fn id(&self) -> u64;
+    fn ancestor(&self, level: u32) -> u64;
+}
 
-impl Dataplane for Kernel {
+/// The calling task's cgroup.
+struct Current;
+
+impl Cgroups for Current {
     #[inline(always)]
-    fn current_cgroup_id(&self) -> u64 {
+    fn id(&self) -> u64 {
         // SAFETY: helper without arguments.
         unsafe { bpf_get_current_cgroup_id() }
     }
 
     #[inline(always)]
-    fn ancestor_cgroup_id(&self, level: u32) -> u64 {
+    fn ancestor(&self, level: u32) -> u64 {
         // SAFETY: helper with a plain integer argument.
         unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    }
+}
+
+/// The cgroup of a packet's socket (whoever made the packet).
+struct SkbSocket(*mut aya_ebpf::bindings::__sk_buff);
+
+impl Cgroups for SkbSocket {
+    #[inline(always)]
+    fn id(&self) -> u64 {
+        // SAFETY: the context's own skb.
+        unsafe { bpf_skb_cgroup_id(self.0) }
+    }
+
+    #[inline(always)]
+    fn ancestor(&self, level: u32) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_skb_ancestor_cgroup_id(self.0, level as i32) }
+    }
+}
+
+/// The kernel as a `Dataplane`, with the cgroups of `C`.
+struct Kernel<C>(C);
+
+impl<C: Cgroups> Dataplane for Kernel<C> {
+    #[inline(always)]
+    fn current_cgroup_id(&self) -> u64 {
+        self.0.id()
+    }
+
+    #[inline(always)]
+    fn ancestor_cgroup_id(&self, level: u32) -> u64 {
+        self.0.ancestor(level)
     }
 
     #[inline(always)]
@@ -218,9 +279,22 @@ fn count(key: &StatKey) {
     }
 }
 
+/// What an access-log event says about the attempt besides the decision.
+struct Attempt {
+    addr: Addr,
+    port: u16,
+    proto: u8,
+    family: u8,
+    layer: Layer,
+    /// The calling task made the attempt (not a packet seen in softirq).
+    task: bool,
+}
+
 #[inline(always)]
-fn emit(d: &Decision, c: &Connect, family: u8) {
-    if !rate_ok(d.workload.workload_id, c.now_ns) {
+fn emit(d: &Decision, a: &Attempt) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !rate_ok(d.workload.workload_id, now) {
         bump(Counter::EventsRateLimited);
         return;
     }
@@ -228,23 +302,31 @@ fn emit(d: &Decision, c: &Connect, family: u8) {
         bump(Counter::EventsDropped);
         return;
     };
-    // SAFETY: helpers without pointer arguments.
-    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    let (pid, cgroup_id, comm) = if a.task {
+        (
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+            // SAFETY: helper without arguments.
+            unsafe { bpf_get_current_cgroup_id() },
+            bpf_get_current_comm().unwrap_or([0u8; 16]),
+        )
+    } else {
+        (0, 0, [0u8; 16])
+    };
     let ev = Event {
-        boot_ns,
+        boot_ns: now,
         cgroup_id,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid,
         workload_id: d.workload.workload_id,
         service_id: d.service_id,
-        addr: c.addr,
-        port: c.port,
-        proto: c.proto,
+        addr: a.addr,
+        port: a.port,
+        proto: a.proto,
         action: d.action as u8,
         reason: d.reason as u8,
         matched: d.matched as u8,
-        family,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        family: a.family,
+        layer: a.layer as u8,
+        comm,
         _pad2: [0; 4],
     };
     entry.write(ev);
@@ -400,11 +482,16 @@ fn enforce(
     connected: bool,
 ) -> Result<i32, decide::Error> {
     let udp = c.proto == PROTO_UDP;
-    let d = match decide::classify(&Kernel, c)? {
+    let k = Kernel(Current);
+    let tag = sock_tag(ctx);
+    // SAFETY: a socket-storage value of this socket, or null.
+    let workload = decide::socket_workload(&k, unsafe { tag.as_ref() });
+    let d = match decide::classify_as(&k, workload, c)? {
         Outcome::Untouched => return Ok(VERDICT_ALLOW),
         Outcome::Dns(to) => {
             if connected {
                 remember_peer(ctx, &to, &c.addr, c.port);
+                tag_ok(tag, &to.addr, to.port, c.proto);
             }
             if udp {
                 remember_udp(ctx, &to, &c.addr, c.port);
@@ -416,9 +503,21 @@ fn enforce(
         Outcome::Decided(d) => d,
     };
     count(&decide::stat_key(&d, c));
-    let fam = if family == Family::V4 { 4 } else { 6 };
+    let attempt = Attempt {
+        addr: c.addr,
+        port: c.port,
+        proto: c.proto,
+        family: if family == Family::V4 { 4 } else { 6 },
+        layer: Layer::Connect,
+        task: true,
+    };
     match d.action {
-        Action::Allow => Ok(VERDICT_ALLOW),
+        Action::Allow => {
+            if connected {
+                tag_ok(tag, &c.addr, c.port, c.proto);
+            }
+            Ok(VERDICT_ALLOW)
+        }
         Action::Rewrite => {
             // A v6 socket reaches an IPv4 backend through its v4-mapped form; a v4
             // socket only ever gets IPv4 backends (classify picks among v4 slots).
@@ -427,6 +526,7 @@ fn enforce(
             }
             if connected {
                 remember_peer(ctx, &d.backend, &c.addr, c.port);
+                tag_ok(tag, &d.backend.addr, d.backend.port, c.proto);
             }
             if udp {
                 remember_udp(ctx, &d.backend, &c.addr, c.port);
@@ -435,11 +535,13 @@ fn enforce(
             Ok(VERDICT_ALLOW)
         }
         Action::Audit => {
-            emit(&d, c, fam);
+            emit(&d, &attempt);
+            // Its packets are the same attempt: the packet check stays quiet.
+            tag_logged(tag);
             Ok(VERDICT_ALLOW)
         }
         Action::Deny => {
-            emit(&d, c, fam);
+            emit(&d, &attempt);
             Ok(VERDICT_DENY)
         }
     }
@@ -630,7 +732,7 @@ fn try_count(ctx: &TcContext, dir: u8) {
         (h.dst, h.src, h.sport)
     };
     let Some((workload_id, service_id)) =
-        decide::attribute(&Kernel, &local, &remote, remote_port, h.proto)
+        decide::attribute(&Kernel(Current), &local, &remote, remote_port, h.proto)
     else {
         return;
     };
@@ -666,17 +768,34 @@ fn try_count(ctx: &TcContext, dir: u8) {
     }
 }
 
-/// Host-side veth ingress: packets the workload sends.
+/// Host-side veth ingress: packets the workload sends — checked against its view
+/// (the interface line of defence), then counted.
 #[classifier]
 pub fn egress_tc_sent(ctx: TcContext) -> i32 {
+    let verdict = match guard::tc_enforce(&ctx) {
+        Ok(v) => v,
+        Err(()) => {
+            bump(Counter::ErrTcEnforce);
+            if connect_fail_verdict() == VERDICT_ALLOW {
+                TCX_NEXT
+            } else {
+                2
+            }
+        }
+    };
+    if verdict != TCX_NEXT {
+        return verdict;
+    }
     // A packet that cannot be parsed is simply not counted: counting never drops.
     try_count(&ctx, DIR_SENT);
     TCX_NEXT
 }
 
-/// Host-side veth egress: packets the workload receives.
+/// Host-side veth egress: packets the workload receives — flows a remote end
+/// opens are remembered (their replies pass the check), then counted.
 #[classifier]
 pub fn egress_tc_received(ctx: TcContext) -> i32 {
+    guard::tc_record_inbound(&ctx);
     try_count(&ctx, DIR_RECEIVED);
     TCX_NEXT
 }

@@ -3,6 +3,7 @@
 //! real agent binary, and clients run inside a pod's netns and cgroup. Everything is
 //! created with unique names and removed on drop, also when a test fails.
 
+pub mod attack;
 pub mod bpf;
 pub mod dns;
 pub mod server;

@@ -109,9 +109,10 @@ fn vip_answer_from_the_proxy_then_connect_through_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The endpoint's own address is allowed as-is; the upstream never saw a
-    // workload's query for the name (only the agent's resolver asks for it).
-    assert!(w.pod().connect(sa("198.18.0.11:8080")).ok);
+    // The endpoint's own address is no registry address (SPEC §7.3): refused
+    // when connected to directly. The upstream never saw a workload's query for
+    // the name (only the agent's resolver asks for it).
+    assert_eq!(w.pod().connect(sa("198.18.0.11:8080")).errno, EPERM);
     let m = agent.metrics_text();
     assert!(
         metric_sum(&m, "egress_dns_queries_total", &[("result", "vip")]) >= 3.0,

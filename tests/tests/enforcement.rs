@@ -119,12 +119,15 @@ spec:
     }
     assert_eq!(ext1.hit_count() + ext2.hit_count(), 20);
     assert!(ext1.hit_count() > 0 && ext2.hit_count() > 0);
-    // An endpoint's own address and port is allowed as-is under REGISTRY_ONLY...
-    let r = w.pod().connect(sa("198.18.0.11:7432"));
-    assert!(r.ok && r.reply == "hello from ext1:7432\n", "{r:?}");
-    // ...but not another port of it.
-    let r = w.pod().connect(sa("198.18.0.11:6432"));
-    assert_eq!(r.errno, EPERM, "{r:?}");
+    // An endpoint's own address is not a registry address (SPEC §7.3, as Istio's
+    // listeners behave): under REGISTRY_ONLY a direct connect() is refused, on
+    // its port as on any other, and the endpoint sees nothing.
+    let before = ext1.hit_count();
+    for addr in ["198.18.0.11:7432", "198.18.0.11:6432"] {
+        let r = w.pod().connect(sa(addr));
+        assert_eq!(r.errno, EPERM, "{addr}: {r:?}");
+    }
+    assert_eq!(ext1.hit_count(), before);
 }
 
 #[test]
@@ -225,16 +228,45 @@ fn allow_any_passes_an_unregistered_ip_untouched() {
 }
 
 #[test]
-fn processes_outside_workload_cgroups_are_untouched() {
+fn outside_the_attach_point_is_untouched_and_strangers_under_it_get_the_default() {
     let w = World::new(3);
     w.write_se("legacy.yaml", LEGACY);
-    let _ext3 = server(&w, 3, 22);
+    let ext3 = server(&w, 3, 22);
     let _ext1 = server(&w, 1, 8080);
-    let _agent = w.start_agent("REGISTRY_ONLY", "");
+    let agent = w.start_agent("REGISTRY_ONLY", "");
     // Same netns, but the test's own cgroup (outside the attach point).
     let r = w.pod_netns_only().connect(sa("198.18.0.13:22"));
     assert!(r.ok, "{r:?}");
-    // A sibling cgroup under the attach point that is not a workload.
+    assert_eq!(ext3.hit_count(), 1);
+    // A cgroup under the attach point that is no workload gets the unknown-workload
+    // default: the mesh policy over an empty view. Not "untouched".
+    let other = w.root.child("not-a-workload");
+    let place = Place {
+        netns: w.net.pod().path(),
+        cgroup: Some(other.path.clone()),
+    };
+    let r = place.connect(sa("198.18.0.13:22"));
+    assert_eq!(r.errno, EPERM, "{r:?}");
+    // An empty view has no VIPs either.
+    let r = place.connect(sa("240.240.1.1:80"));
+    assert_eq!(r.errno, EPERM, "{r:?}");
+    assert_eq!(ext3.hit_count(), 1, "the stranger reached nothing");
+    let log = agent.wait_log("\"workload\":\"unknown\"", Duration::from_secs(5));
+    assert!(
+        log.lines().any(|l| l.contains("\"workload\":\"unknown\"")
+            && l.contains("\"destination\":\"198.18.0.13\"")),
+        "{log}"
+    );
+    // The workload itself is enforced.
+    assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
+}
+
+#[test]
+fn unknown_workloads_untouched_leaves_strangers_alone() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let ext3 = server(&w, 3, 22);
+    let _agent = w.start_agent("REGISTRY_ONLY", "unknownWorkloads: untouched\n");
     let other = w.root.child("not-a-workload");
     let place = Place {
         netns: w.net.pod().path(),
@@ -242,11 +274,12 @@ fn processes_outside_workload_cgroups_are_untouched() {
     };
     let r = place.connect(sa("198.18.0.13:22"));
     assert!(r.ok, "{r:?}");
+    assert_eq!(ext3.hit_count(), 1);
     // Nor is its VIP traffic rewritten: there is no route to 240.240.0.0/16.
     let r = place.connect(sa("240.240.1.1:80"));
     assert_eq!(r.errno, libc::ENETUNREACH, "{r:?}");
-    // The workload itself is enforced.
     assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
+    assert_eq!(ext3.hit_count(), 1);
 }
 
 #[test]

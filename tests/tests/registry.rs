@@ -351,9 +351,10 @@ fn inspect_shows_the_live_maps_and_explain_agrees_with_the_kernel() {
             "rewritten to one of 198.18.0.11:8080",
             w.pod().connect(sa("240.240.1.1:80")).ok,
         ),
+        // An endpoint's own address is no registry address (SPEC §7.3).
         (
             "198.18.0.11:8080",
-            "allowed as-is",
+            "DENIED",
             w.pod().connect(sa("198.18.0.11:8080")).ok,
         ),
         (

@@ -98,9 +98,13 @@ pub fn demo(hold: bool) -> Result<()> {
         netns: net.pod().path(),
         cgroup: Some(pod.path.clone()),
     };
-    let outside = Place {
+    // Ping sockets are open to every group, as container runtimes set it: what
+    // refuses them below is the agent, not the kernel.
+    egress_tests::attack::allow_ping_group(net.pod());
+    let stranger_cgroup = egress_tests::Cgroup::new(attach.path.join("stranger"));
+    let stranger = Place {
         netns: net.pod().path(),
-        cgroup: None,
+        cgroup: Some(stranger_cgroup.path.clone()),
     };
 
     println!();
@@ -124,11 +128,10 @@ pub fn demo(hold: bool) -> Result<()> {
         "240.240.10.10:80",
         "plain socket: getpeername() shows the VIP",
     );
-    show_curl(
+    show_probe(
         &place,
-        "allowed",
-        "http://198.18.0.11:8080/",
-        "an endpoint's own address, as-is",
+        "198.18.0.11:8080",
+        "an endpoint's own address is no registry address: refused",
     );
     show_probe(
         &place,
@@ -184,8 +187,38 @@ pub fn demo(hold: bool) -> Result<()> {
         "partners.example: allowed whatever the name",
     );
     println!();
-    println!("-- from the same network namespace, outside the workload cgroup --");
-    show_probe(&outside, "198.18.0.13:22", "not a workload: untouched");
+    println!("-- an attacker in the pod (uid 65534, a default container's capabilities) --");
+    for (args, what) in [
+        (&["raw", "198.18.0.13"][..], "a raw socket: never created"),
+        (
+            &["ping", "198.18.0.13"],
+            "an ICMP ping socket: never created",
+        ),
+        (
+            &["lsrr-opt", "198.18.0.14", "198.18.0.13", "9999"],
+            "a source route via an allowed hop: refused",
+        ),
+    ] {
+        let a = egress_tests::attack::attack(
+            &place,
+            egress_tests::attack::Privilege::ContainerDefault,
+            args,
+        );
+        let result = if a.ok {
+            "sent".to_owned()
+        } else {
+            format!("{} failed: {}", a.step, a.error)
+        };
+        println!("  [attack   ] {:<40} {result}   ({what})", args.join(" "));
+    }
+    println!();
+    println!("-- a cgroup under the attach point that is no workload (yet) --");
+    show_probe(
+        &stranger,
+        "198.18.0.13:22",
+        "the unknown-workload default: REGISTRY_ONLY, empty view",
+    );
+    show_probe(&stranger, "240.240.10.10:80", "no VIP in an empty view");
 
     std::thread::sleep(Duration::from_millis(1200));
     println!();

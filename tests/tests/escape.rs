@@ -1,0 +1,632 @@
+//! Nothing to bypass (THREAT-MODEL.md), tried from inside a REGISTRY_ONLY pod as an
+//! attacker would: a default container (uid 65534, Docker's capabilities with
+//! NET_RAW) or root in the pod. Every test watches the receiving side (a packet
+//! counter at the external host's interface, or its server) and the record (the
+//! access log and the counters), not only the errno. `attack_tools.rs` shows each
+//! attempt does reach the wire when nothing enforces.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use egress_tests::attack::*;
+use egress_tests::server::{Server, UdpServer};
+use egress_tests::*;
+
+/// The pod as a workload with its interface known (the interface check on).
+const POD: &str = "workloads:\n  - {cgroup: pod, namespace: shop, name: web, ip: 198.18.0.2, ips: [\"2001:db8::2\"], interface: vpod0}\n";
+
+/// ext1 (198.18.0.11) is registered for UDP 9999 and TCP 8080 (NONE addresses:
+/// reached as-is); ext2 (198.18.0.12) and ext3 are not.
+const ALLOWED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext1, namespace: shop}
+spec:
+  hosts: [ext1.internal]
+  addresses: [198.18.0.11, "2001:db8::11"]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports:
+  - {number: 9999, name: udp, protocol: UDP}
+  - {number: 8080, name: tcp, protocol: TCP}
+"#;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A counter of everything from the pod (v4 and v6) arriving at ext `i`'s eth0.
+fn counter(w: &World, i: usize) -> PacketCounter {
+    PacketCounter::with_sources(w.net.ext(i), "eth0", &[ip(POD_V4), ip(POD_V6)])
+}
+
+/// The access-log lines (JSON) of the agent that contain every needle.
+fn log_lines(agent: &Agent, needles: &[&str]) -> Vec<String> {
+    agent
+        .log_text()
+        .lines()
+        .filter(|l| l.starts_with('{') && needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until exactly-or-more `want` access-log lines with the needles are
+/// there, then returns them (a moment later, so one too many shows).
+fn wait_lines(agent: &Agent, needles: &[&str], want: usize) -> Vec<String> {
+    let start = Instant::now();
+    while log_lines(agent, needles).len() < want && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    log_lines(agent, needles)
+}
+
+/// Waits until the metric reaches `want` (the agent folds kernel counters in
+/// every 500 ms), then returns it one poll later.
+fn wait_metric(agent: &Agent, labels: &[(&str, &str)], want: f64) -> f64 {
+    let family = "egress_connections_total";
+    let start = Instant::now();
+    while metric_sum(&agent.metrics_text(), family, labels) < want
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    metric_sum(&agent.metrics_text(), family, labels)
+}
+
+/// The counter still sees the pod's allowed traffic: a zero above meant
+/// something.
+fn assert_counter_works(w: &World, c: &PacketCounter) {
+    let before = c.packets();
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["udp", "198.18.0.11", "9999"],
+    );
+    assert!(a.ok, "control: {a:?}");
+    assert!(
+        c.wait_packets(before + 1, Duration::from_secs(3)) > before,
+        "the counter saw the allowed control datagram"
+    );
+}
+
+#[test]
+fn sockets_the_connect_layer_cannot_judge_are_never_created() {
+    let w = World::new(1);
+    w.write_se("ext1.yaml", ALLOWED);
+    allow_ping_group(w.net.pod());
+    let c1 = counter(&w, 1);
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let attempts: &[(&[&str], &str)] = &[
+        (&["raw", "198.18.0.11"], "raw"),
+        (&["raw", "2001:db8::11"], "raw"),
+        (&["rawip", "198.18.0.11"], "raw"),
+        (&["ping", "198.18.0.11"], "icmp"),
+        (&["ping", "2001:db8::11"], "icmp"),
+        (&["udplite", "198.18.0.11", "9999"], "udplite"),
+        (&["udplite", "2001:db8::11", "9999"], "udplite"),
+    ];
+    for (args, _) in attempts {
+        let a = attack(&w.pod(), Privilege::ContainerDefault, args);
+        assert_eq!(
+            (a.ok, a.step.as_str(), a.errno),
+            (false, "socket", libc::EPERM),
+            "{args:?}: {a:?}"
+        );
+    }
+    // Root in the pod is refused the same way.
+    let a = attack(&w.pod(), Privilege::Root, &["raw", "198.18.0.11"]);
+    assert_eq!((a.step.as_str(), a.errno), ("socket", libc::EPERM), "{a:?}");
+    assert_eq!(c1.packets(), 0, "nothing from the pod reached ext1");
+    for (transport, n) in [("raw", 4), ("icmp", 2), ("udplite", 2)] {
+        let needle = format!("\"transport\":\"{transport}\"");
+        let lines = wait_lines(
+            &agent,
+            &[
+                "\"layer\":\"socket\"",
+                "\"reason\":\"socket_type\"",
+                &needle,
+            ],
+            n,
+        );
+        assert_eq!(lines.len(), n, "{transport}: {lines:?}");
+        assert!(lines.iter().all(|l| l.contains("\"workload\":\"web\"") && l.contains("\"verdict\":\"denied\"")));
+        let labels = [
+            ("reason", "socket_type"),
+            ("transport", transport),
+            ("decision", "denied"),
+        ];
+        assert_eq!(
+            wait_metric(&agent, &labels, n as f64),
+            n as f64,
+            "{transport}"
+        );
+    }
+    // SCTP and DCCP are not built into this kernel: the attempt fails before any
+    // hook (the classification is unit-tested in egress-common).
+    for proto in ["sctp", "dccp"] {
+        let a = attack(
+            &w.pod(),
+            Privilege::ContainerDefault,
+            &[proto, "198.18.0.11", "9999"],
+        );
+        assert!(!a.ok && a.step == "socket", "{proto}: {a:?}");
+    }
+    // TCP, MPTCP and UDP are judged by the connect layer, not refused here.
+    let _server = Server::start(w.net.ext(1), sa("[::]:8080"), "ext1");
+    for args in [
+        ["tcp", "198.18.0.11", "8080"],
+        ["mptcp", "198.18.0.11", "8080"],
+    ] {
+        let a = attack(&w.pod(), Privilege::ContainerDefault, &args);
+        assert!(a.ok && a.reply == "hello from ext1\n", "{args:?}: {a:?}");
+    }
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["mptcp", "198.18.0.12", "8080"],
+    );
+    assert_eq!(
+        (a.step.as_str(), a.errno),
+        ("connect", libc::EPERM),
+        "{a:?}"
+    );
+    assert_counter_works(&w, &c1);
+}
+
+#[test]
+fn af_packet_frames_never_leave_the_pod() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let (c1, c2) = (counter(&w, 1), counter(&w, 2));
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let mac = mac_of(w.net.ext(2), "eth0");
+    for dst_mac in [mac.as_str(), "ff:ff:ff:ff:ff:ff"] {
+        let a = attack(
+            &w.pod(),
+            Privilege::ContainerDefault,
+            &["packet", "eth0", dst_mac, "198.18.0.12"],
+        );
+        // Refused at socket() where the kernel runs per-cgroup BPF LSM programs;
+        // otherwise the frame is sent and dropped on the pod's interface.
+        assert!(
+            a.step == "done" || (a.step == "socket" && a.errno == libc::EPERM),
+            "{a:?}"
+        );
+    }
+    // Even a frame for a registered address: what an AF_PACKET socket sends is
+    // not judged by the connect layer, only by the interface.
+    let mac1 = mac_of(w.net.ext(1), "eth0");
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["packet", "eth0", &mac1, "198.18.0.12"],
+    );
+    assert!(a.step == "done" || a.errno == libc::EPERM, "{a:?}");
+    let lines = wait_lines(
+        &agent,
+        &["\"destination\":\"198.18.0.12\"", "\"verdict\":\"denied\""],
+        3,
+    );
+    assert!(
+        lines.len() == 3 || log_lines(&agent, &["\"transport\":\"packet\""]).len() == 3,
+        "one refusal per frame: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"layer\":\"interface_packet\"")
+                && l.contains("\"reason\":\"packet_check\"")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        (c1.packets(), c2.packets()),
+        (0, 0),
+        "no frame reached ext1 or ext2"
+    );
+    assert_counter_works(&w, &c1);
+}
+
+#[test]
+fn allow_sockets_reopens_ping_where_configured_and_nothing_else() {
+    let w = World::new(1);
+    w.write_se("ext1.yaml", ALLOWED);
+    allow_ping_group(w.net.pod());
+    let c1 = counter(&w, 1);
+    let pod = POD.replace(
+        "interface: vpod0}",
+        "interface: vpod0, allowSockets: [icmp]}",
+    );
+    let agent = w.start_agent("REGISTRY_ONLY", &pod);
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["ping", "198.18.0.11"],
+    );
+    assert!(a.ok, "{a:?}");
+    assert!(
+        c1.wait_packets(1, Duration::from_secs(3)) >= 1,
+        "the echo request arrived"
+    );
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["raw", "198.18.0.11"],
+    );
+    assert_eq!((a.step.as_str(), a.errno), ("socket", libc::EPERM), "{a:?}");
+    assert_eq!(wait_lines(&agent, &["\"transport\":\"raw\""], 1).len(), 1);
+    assert!(log_lines(&agent, &["\"transport\":\"icmp\""]).is_empty());
+}
+
+#[test]
+fn source_routes_never_leave() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let (c1, c2) = (counter(&w, 1), counter(&w, 2));
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    // The hooks would see ext1 (allowed); the route puts ext2 on the wire.
+    // (The IPv6 one is a segment routing header, type 4: the kernel takes it
+    // from an unprivileged setsockopt.)
+    for args in [
+        &["lsrr-opt", "198.18.0.11", "198.18.0.12", "9999"][..],
+        &["ssrr-opt", "198.18.0.11", "198.18.0.12", "9999"],
+        &["rthdr-opt", "2001:db8::11", "2001:db8::12", "9999", "4"],
+    ] {
+        let a = attack(&w.pod(), Privilege::ContainerDefault, args);
+        assert_eq!(
+            (a.ok, a.step.as_str(), a.errno),
+            (false, "setsockopt", libc::EPERM),
+            "{args:?}: {a:?}"
+        );
+    }
+    assert_eq!(
+        wait_lines(
+            &agent,
+            &["\"layer\":\"setsockopt\"", "\"transport\":\"ip_options\""],
+            2
+        )
+        .len(),
+        2
+    );
+    assert_eq!(
+        wait_lines(
+            &agent,
+            &["\"layer\":\"setsockopt\"", "\"transport\":\"ipv6_rthdr\""],
+            1
+        )
+        .len(),
+        1
+    );
+    // Per message (IP_RETOPTS control data): only the packet shows the route.
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["lsrr-cmsg", "198.18.0.11", "198.18.0.12", "9999"],
+    );
+    assert!(!a.ok, "{a:?}");
+    let lines = wait_lines(
+        &agent,
+        &["\"layer\":\"socket_packet\"", "\"reason\":\"source_route\""],
+        1,
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}\n{}", agent.log_text());
+    assert_eq!(
+        (c1.packets(), c2.packets()),
+        (0, 0),
+        "no source-routed packet left the pod"
+    );
+    let labels = [("reason", "source_route")];
+    assert_eq!(wait_metric(&agent, &labels, 4.0), 4.0);
+    assert_counter_works(&w, &c1);
+}
+
+#[test]
+fn a_socket_keeps_the_identity_of_the_cgroup_it_was_created_in() {
+    let w = World::new(3);
+    w.write_se("ext1.yaml", ALLOWED);
+    let ext3 = Server::start(w.net.ext(3), sa("[::]:22"), "ext3");
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    // Created in the pod, then the process moves out of the attach point
+    // altogether, then connects.
+    let outside = Cgroup::new(cgroup2_root().join(unique("egress-out-")));
+    let held = HeldAttack::start(&w.pod(), Privilege::Root, ip("198.18.0.13"), 22, 10);
+    std::fs::write(outside.path.join("cgroup.procs"), held.pid.to_string()).unwrap();
+    let a = held.release();
+    assert_eq!(
+        (a.step.as_str(), a.errno),
+        ("connect", libc::EPERM),
+        "{a:?}"
+    );
+    // ... or into a cgroup under the attach point that is no workload.
+    let stranger = w.root.child("stranger");
+    let held = HeldAttack::start(&w.pod(), Privilege::Root, ip("198.18.0.13"), 22, 10);
+    std::fs::write(stranger.path.join("cgroup.procs"), held.pid.to_string()).unwrap();
+    let a = held.release();
+    assert_eq!(
+        (a.step.as_str(), a.errno),
+        ("connect", libc::EPERM),
+        "{a:?}"
+    );
+    // Passed over a unix socket to a process outside the attach point.
+    let sock = w.dir.path().join("pass.sock");
+    let sock = sock.to_str().unwrap();
+    let mut sender = attack_command(&w.pod(), Privilege::Root, &["passfd-send", sock])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::path::Path::new(sock).exists() && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let a = attack(
+        &w.pod_netns_only(),
+        Privilege::Root,
+        &["passfd-recv-connect", sock, "198.18.0.13", "22"],
+    );
+    let _ = sender.wait();
+    assert_eq!(
+        (a.step.as_str(), a.errno),
+        ("connect", libc::EPERM),
+        "{a:?}"
+    );
+    assert_eq!(ext3.hit_count(), 0, "ext3 saw no connection");
+    // Each refusal names the pod the socket was made in.
+    let lines = wait_lines(&agent, &["\"destination\":\"198.18.0.13\""], 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"namespace\":\"shop\"") && l.contains("\"workload\":\"web\"")),
+        "{lines:?}"
+    );
+    // A socket made outside the attach point but sending from the pod's network
+    // namespace: the interface check still holds it to the pod's view.
+    let a = attack(
+        &w.pod_netns_only(),
+        Privilege::Root,
+        &["tcp", "198.18.0.13", "22"],
+    );
+    assert!(!a.ok, "{a:?}");
+    assert_eq!(ext3.hit_count(), 0);
+}
+
+#[test]
+fn a_recreated_workload_cgroup_is_never_untouched() {
+    let w = World::new(3);
+    w.write_se(
+        "legacy.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: shop}
+spec:
+  hosts: [legacy.internal]
+  addresses: [240.240.1.1]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  endpoints: [{address: 198.18.0.11}]
+"#,
+    );
+    let ext1 = Server::start(w.net.ext(1), sa("[::]:8080"), "ext1");
+    let ext3 = Server::start(w.net.ext(3), sa("[::]:22"), "ext3");
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
+    let old_id = std::fs::metadata(&w.pod.path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    // As on every container start: the workload's cgroup goes and comes back
+    // with a new id, and a process starts in it at once.
+    std::fs::remove_dir(&w.pod.path).unwrap();
+    std::fs::create_dir(&w.pod.path).unwrap();
+    let created_ms = now_ms();
+    let to_vip = ProbeLoop::start(&w.pod(), sa("240.240.1.1:80"), 1500);
+    let to_stranger = ProbeLoop::start(&w.pod(), sa("198.18.0.13:22"), 1500);
+    let vip = to_vip.results();
+    let stranger = to_stranger.results();
+    // Every attempt was judged: by the default (EPERM) until the agent knew the
+    // new cgroup, then by the pod's view. Never untouched (an untouched VIP has no
+    // route: ENETUNREACH; an untouched stranger connects).
+    for r in &vip {
+        assert!(r.ok || r.errno == EPERM, "{r:?}");
+    }
+    assert!(stranger.iter().all(|r| r.errno == EPERM), "{stranger:?}");
+    assert_eq!(ext3.hit_count(), 0);
+    let first_ok = vip
+        .iter()
+        .find(|r| r.ok)
+        .expect("the view applies once the agent knows the cgroup");
+    let learned_after = Duration::from_millis(first_ok.t_ms.unwrap().saturating_sub(created_ms));
+    assert!(
+        learned_after < Duration::from_secs(1),
+        "learned after {learned_after:?}"
+    );
+    assert!(ext1.hit_count() >= 1);
+    let new_id = std::fs::metadata(&w.pod.path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_ne!(old_id, new_id);
+    let _ = agent;
+}
+
+#[test]
+fn link_local_and_cloud_metadata_follow_the_registry() {
+    let w = World::new(1);
+    // ext1 plays the instance-metadata service at 169.254.169.254.
+    w.net
+        .ext(1)
+        .ip(&["addr", "add", "169.254.169.254/32", "dev", "eth0"]);
+    w.net
+        .pod()
+        .ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"]);
+    let md = Server::start(w.net.ext(1), sa("0.0.0.0:80"), "metadata");
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let r = w.pod().connect(sa("169.254.169.254:80"));
+    assert_eq!(r.errno, EPERM, "{r:?}");
+    assert_eq!(md.hit_count(), 0);
+    assert_eq!(
+        wait_lines(&agent, &["\"destination\":\"169.254.169.254\""], 1).len(),
+        1
+    );
+    // A ServiceEntry opens it, as any other destination.
+    w.write_se(
+        "metadata.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: metadata, namespace: shop}
+spec:
+  hosts: [metadata.internal]
+  addresses: [169.254.169.254]
+  resolution: NONE
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"#,
+    );
+    let start = Instant::now();
+    loop {
+        let r = w.pod().connect(sa("169.254.169.254:80"));
+        if r.ok {
+            assert_eq!(r.reply, "hello from metadata\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never opened: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_rewritten_destination_or_a_tunnel_in_the_pod_reaches_nothing() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let (c1, c2) = (counter(&w, 1), counter(&w, 2));
+    let udp2 = UdpServer::start(w.net.ext(2), sa("0.0.0.0:9999"), "ext2");
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let pod_ns = w.net.pod().path();
+    let nsenter = |args: &[&str]| {
+        let net = format!("--net={}", pod_ns.display());
+        let mut a = vec![net.as_str()];
+        a.extend_from_slice(args);
+        sh("nsenter", &a)
+    };
+    // Root in the pod (CAP_NET_ADMIN over its own netns) rewrites the
+    // destination after the connect layer judged it: nftables DNAT.
+    let table = unique("egdnat");
+    nsenter(&["nft", "add", "table", "ip", &table]);
+    nsenter(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        &table,
+        "out",
+        "{ type nat hook output priority -100; }",
+    ]);
+    nsenter(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        &table,
+        "out",
+        "ip",
+        "daddr",
+        "198.18.0.11",
+        "dnat",
+        "to",
+        "198.18.0.12",
+    ]);
+    let a = attack(&w.pod(), Privilege::Root, &["udp", "198.18.0.11", "9999"]);
+    assert!(!a.ok || a.errno == 0, "{a:?}");
+    let a = attack(&w.pod(), Privilege::Root, &["tcp", "198.18.0.11", "8080"]);
+    assert!(!a.ok, "{a:?}");
+    nsenter(&["nft", "delete", "table", "ip", &table]);
+    // A tunnel device the pod created (VXLAN; the kernel here has no IPIP or
+    // GRE): the inner packet goes to an allowed address, the outer one to ext2.
+    nsenter(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "remote",
+        "198.18.0.12",
+        "dstport",
+        "4789",
+        "dev",
+        "eth0",
+    ]);
+    nsenter(&["ip", "addr", "add", "10.99.0.1/24", "dev", "vx0"]);
+    nsenter(&["ip", "link", "set", "vx0", "up"]);
+    nsenter(&["ip", "route", "add", "198.18.0.11/32", "dev", "vx0"]);
+    nsenter(&[
+        "ip",
+        "neigh",
+        "add",
+        "198.18.0.11",
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "vx0",
+    ]);
+    let a = attack(&w.pod(), Privilege::Root, &["udp", "198.18.0.11", "9999"]);
+    assert!(a.ok, "the inner datagram is allowed: {a:?}");
+    nsenter(&["ip", "link", "del", "vx0"]);
+    assert_eq!(udp2.hit_count(), 0);
+    assert_eq!(
+        (c1.packets(), c2.packets()),
+        (0, 0),
+        "nothing reached ext1 or ext2"
+    );
+    let lines = wait_lines(
+        &agent,
+        &[
+            "\"reason\":\"packet_check\"",
+            "\"destination\":\"198.18.0.12\"",
+        ],
+        3,
+    );
+    assert!(lines.len() >= 3, "{lines:?}");
+    assert_counter_works(&w, &c1);
+}
+
+#[test]
+fn inbound_connections_to_a_workload_are_still_answered() {
+    let w = World::new(2);
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    // A server in the pod (its cgroup and netns); a client on ext2, which the
+    // pod's registry does not know.
+    let script = "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                  s.bind(('::',7000))\ns.listen(8)\nprint('ready',flush=True)\n\
+                  for _ in range(2):\n  c,_=s.accept()\n  c.recv(100)\n  c.sendall(b'hello from pod\\n'*2000)\n  c.close()\n";
+    let mut server = w
+        .pod()
+        .command("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let client = Place {
+        netns: w.net.ext(2).path(),
+        cgroup: None,
+    };
+    for addr in ["198.18.0.2:7000", "[2001:db8::2]:7000"] {
+        let r = client.connect(sa(addr));
+        assert!(r.ok, "{addr}: {r:?}");
+        assert_eq!(r.reply.len(), "hello from pod\n".len() * 2000, "{addr}");
+    }
+    let _ = server.wait();
+    assert!(log_lines(&agent, &["\"verdict\":\"denied\""]).is_empty());
+}
