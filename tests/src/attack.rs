@@ -415,3 +415,119 @@ impl Drop for PacketCounter {
         );
     }
 }
+
+/// Counts TCP SYNs (without ACK) for one destination address arriving at an
+/// interface of the receiving namespace (netdev ingress), in a table of its own.
+pub struct SynCounter {
+    netns: PathBuf,
+    table: String,
+}
+
+impl SynCounter {
+    pub fn new(ns: &Netns, iface: &str, dst: IpAddr) -> Self {
+        let table = unique("egsyn");
+        let family = if dst.is_ipv4() { "ip" } else { "ip6" };
+        let script = format!(
+            "table netdev {table} {{\n\tcounter syn {{ }}\n\tchain ingress {{\n\
+             \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
+             \t\t{family} daddr {dst} tcp flags & (syn | ack) == syn counter name \"syn\"\n\t}}\n}}\n"
+        );
+        nft(&ns.path(), &["-f", "-"], Some(&script)).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            netns: ns.path(),
+            table,
+        }
+    }
+
+    pub fn syns(&self) -> u64 {
+        let out = nft(
+            &self.netns,
+            &["-j", "list", "counter", "netdev", &self.table, "syn"],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|o| o.get("counter")?["packets"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SynCounter {
+    fn drop(&mut self) {
+        let _ = nft(
+            &self.netns,
+            &["delete", "table", "netdev", &self.table],
+            None,
+        );
+    }
+}
+
+/// An MPTCP server on `server` (port `port`) that announces a second address of
+/// its own (`extra`, added to its eth0) with ADD_ADDR, and a client namespace
+/// that accepts such announcements: the kernel of the client then opens a
+/// subflow to `extra` by itself (a kernel worker, not the application).
+/// The server answers one connection after a second (time for the subflow).
+pub struct MptcpAnnouncer {
+    child: Child,
+}
+
+impl MptcpAnnouncer {
+    pub fn start(server: &Netns, client: &Netns, port: u16, extra: IpAddr) -> Self {
+        server.ip(&["addr", "add", &format!("{extra}/24"), "dev", "eth0"]);
+        server.ip(&[
+            "mptcp",
+            "endpoint",
+            "add",
+            &extra.to_string(),
+            "dev",
+            "eth0",
+            "signal",
+        ]);
+        for ns in [server, client] {
+            ns.ip(&[
+                "mptcp",
+                "limits",
+                "set",
+                "subflows",
+                "2",
+                "add_addr_accepted",
+                "2",
+            ]);
+        }
+        let script = format!(
+            "import socket,time\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_STREAM,262)\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',{port}))\ns.listen(4)\nprint('ready',flush=True)\n\
+             c,_=s.accept()\nc.recv(100)\ntime.sleep(1)\nc.sendall(b'hello from mptcp\\n')\n\
+             time.sleep(0.3)\nc.close()\n"
+        );
+        let place = Place {
+            netns: server.path(),
+            cgroup: None,
+        };
+        let mut child = place
+            .command("python3")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the MPTCP server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read ready");
+        assert_eq!(line.trim(), "ready", "MPTCP server");
+        Self { child }
+    }
+}
+
+impl Drop for MptcpAnnouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

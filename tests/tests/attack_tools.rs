@@ -217,3 +217,27 @@ fn passed_and_held_sockets_connect() {
     assert_eq!(a.reply, "hello from ext1\n");
     assert_eq!(server.hit_count(), 4);
 }
+
+/// Without enforcement, a server's ADD_ADDR makes the client's kernel open a
+/// subflow to the announced address: the SYN arrives there.
+#[test]
+fn an_announced_mptcp_address_gets_a_kernel_made_subflow() {
+    let net = Net::new(1);
+    let extra = ip("198.18.0.21");
+    let syns = SynCounter::new(net.ext(1), "eth0", extra);
+    let _server = MptcpAnnouncer::start(net.ext(1), net.pod(), 8090, extra);
+    let a = attack(
+        &pod_place(&net),
+        Privilege::ContainerDefault,
+        &["mptcp", "198.18.0.11", "8090"],
+    );
+    assert!(a.ok && a.reply == "hello from mptcp\n", "{a:?}");
+    let start = std::time::Instant::now();
+    while syns.syns() == 0 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        syns.syns() >= 1,
+        "a subflow SYN reached the announced address"
+    );
+}

@@ -91,6 +91,7 @@ fn assert_counter_works(w: &World, c: &PacketCounter) {
     );
 }
 
+/// Class: sockets the connect/sendmsg hooks never see (raw, ping, UDP-Lite).
 #[test]
 fn sockets_the_connect_layer_cannot_judge_are_never_created() {
     let w = World::new(1);
@@ -175,6 +176,7 @@ fn sockets_the_connect_layer_cannot_judge_are_never_created() {
     assert_counter_works(&w, &c1);
 }
 
+/// Class: sockets the connect/sendmsg hooks never see (AF_PACKET).
 #[test]
 fn af_packet_frames_never_leave_the_pod() {
     let w = World::new(2);
@@ -228,6 +230,7 @@ fn af_packet_frames_never_leave_the_pod() {
     assert_counter_works(&w, &c1);
 }
 
+/// The `allowSockets` switch: re-allows exactly the kind it names.
 #[test]
 fn allow_sockets_reopens_ping_where_configured_and_nothing_else() {
     let w = World::new(1);
@@ -259,6 +262,8 @@ fn allow_sockets_reopens_ping_where_configured_and_nothing_else() {
     assert!(log_lines(&agent, &["\"transport\":\"icmp\""]).is_empty());
 }
 
+/// Class: first hop ≠ destination (LSRR/SSRR, IPv6 routing header; option and
+/// control message).
 #[test]
 fn source_routes_never_leave() {
     let w = World::new(2);
@@ -321,6 +326,7 @@ fn source_routes_never_leave() {
     assert_counter_works(&w, &c1);
 }
 
+/// Class: sockets attributed to the wrong cgroup (process moved, socket passed).
 #[test]
 fn a_socket_keeps_the_identity_of_the_cgroup_it_was_created_in() {
     let w = World::new(3);
@@ -391,6 +397,7 @@ fn a_socket_keeps_the_identity_of_the_cgroup_it_was_created_in() {
     assert_eq!(ext3.hit_count(), 0);
 }
 
+/// Class: unknown cgroups (a workload cgroup re-created with a new id).
 #[test]
 fn a_recreated_workload_cgroup_is_never_untouched() {
     let w = World::new(3);
@@ -449,6 +456,7 @@ spec:
     let _ = agent;
 }
 
+/// Class: address forms (link-local, cloud metadata).
 #[test]
 fn link_local_and_cloud_metadata_follow_the_registry() {
     let w = World::new(1);
@@ -497,6 +505,8 @@ spec:
     }
 }
 
+/// The packet-level second line: whatever produced the packet (netfilter DNAT
+/// in the pod, a tunnel device the pod created).
 #[test]
 fn a_rewritten_destination_or_a_tunnel_in_the_pod_reaches_nothing() {
     let w = World::new(2);
@@ -595,6 +605,8 @@ fn a_rewritten_destination_or_a_tunnel_in_the_pod_reaches_nothing() {
     assert_counter_works(&w, &c1);
 }
 
+/// The second line does not break what a pod serves: replies to connections a
+/// remote end opened pass.
 #[test]
 fn inbound_connections_to_a_workload_are_still_answered() {
     let w = World::new(2);
@@ -629,4 +641,39 @@ fn inbound_connections_to_a_workload_are_still_answered() {
     }
     let _ = server.wait();
     assert!(log_lines(&agent, &["\"verdict\":\"denied\""]).is_empty());
+}
+
+/// Class: sockets attributed to the wrong cgroup (kernel-made MPTCP subflow).
+#[test]
+fn an_mptcp_subflow_the_kernel_opens_is_still_the_pods() {
+    let w = World::new(1);
+    w.write_se(
+        "ext1.yaml",
+        &ALLOWED.replace(
+            "{number: 8080, name: tcp, protocol: TCP}",
+            "{number: 8090, name: tcp, protocol: TCP}",
+        ),
+    );
+    let extra = ip("198.18.0.21");
+    let syns = SynCounter::new(w.net.ext(1), "eth0", extra);
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let _server = MptcpAnnouncer::start(w.net.ext(1), w.net.pod(), 8090, extra);
+    // The application's connection is to a registered address, and works.
+    let a = attack(
+        &w.pod(),
+        Privilege::ContainerDefault,
+        &["mptcp", "198.18.0.11", "8090"],
+    );
+    assert!(a.ok && a.reply == "hello from mptcp\n", "{a:?}");
+    // The subflow a kernel worker opens to the announced, unregistered address
+    // is judged as the pod's (not the worker's cgroup) and refused.
+    let lines = wait_lines(&agent, &["\"destination\":\"198.18.0.21\""], 1);
+    assert!(!lines.is_empty(), "the subflow was refused and logged");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"namespace\":\"shop\"") && l.contains("\"workload\":\"web\"")),
+        "{lines:?}"
+    );
+    assert_eq!(syns.syns(), 0, "no SYN reached the announced address");
 }

@@ -40,12 +40,23 @@ fn tag_or_create(sk: *mut c_void, init: &mut SockTag) -> *mut SockTag {
     p
 }
 
-/// The tag of a connect/sendmsg context's socket.
+/// The tag of a connect/sendmsg context's socket. A subflow the kernel opens for
+/// an MPTCP connection (an address the server announced) has none of its own:
+/// it is its connection's, whose socket the workload created.
 #[inline(always)]
 pub(super) fn sock_tag(ctx: &SockAddrContext) -> *mut SockTag {
     // SAFETY: the context's socket pointer.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    tag_of(sk.cast())
+    let tag = tag_of(sk.cast());
+    if !tag.is_null() {
+        return tag;
+    }
+    // SAFETY: the helper checks the socket is an MPTCP subflow (else null).
+    let msk = unsafe { aya_ebpf::helpers::generated::bpf_skc_to_mptcp_sock(sk.cast()) };
+    if msk.is_null() {
+        return tag;
+    }
+    tag_of(msk.cast())
 }
 
 /// Remembers that packets of this socket may go to this destination (what the
