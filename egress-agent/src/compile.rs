@@ -92,7 +92,7 @@ pub struct Desired {
     /// [`WORKLOAD_IPS_MAP`]: workloads by address, for traffic attribution.
     pub workload_ips: HashMap<Addr, WorkloadValue>,
     /// [`IFACES_MAP`]: workloads by interface index, for the interface check.
-    pub ifaces: HashMap<u32, WorkloadValue>,
+    pub ifaces: HashMap<u32, IfaceValue>,
 }
 
 /// The names the resolver must follow: the hostname endpoints of DNS and
@@ -445,6 +445,9 @@ pub fn compile(
             flags |= WL_UDP;
         }
         flags |= config.socket_flags(&w.config);
+        if w.config.addresses().next().is_some() {
+            flags |= WL_HAS_ADDR;
+        }
         let workload_id = ids.workload(w, policy);
         let value = WorkloadValue {
             workload_id,
@@ -453,8 +456,16 @@ pub fn compile(
             _pad: 0,
         };
         d.workloads.insert(w.cgroup_id, value);
-        if let Some(ifindex) = w.ifindex {
-            d.ifaces.insert(ifindex, value);
+        if let Some(i) = w.iface {
+            d.ifaces.insert(
+                i.index,
+                IfaceValue {
+                    workload: value,
+                    mac: i.mac,
+                    bridge_mac: i.bridge_mac,
+                    _pad: [0; 4],
+                },
+            );
         }
         for ip in w.config.addresses() {
             d.dns_tables.clients.insert(
@@ -721,7 +732,7 @@ mod tests {
                 audit: false,
                 allow_sockets: vec![],
             },
-            ifindex: None,
+            iface: None,
         }
     }
 

@@ -455,6 +455,14 @@ impl Config {
             if w.cgroup.is_relative() {
                 w.cgroup = cgroup_path.join(&w.cgroup);
             }
+            if w.interface.is_some() && w.ip.is_none() && w.ips.is_empty() {
+                return Err(invalid(
+                    &format!("workloads[{i}].interface"),
+                    "needs the workload's addresses (ip/ips): the interface check accepts \
+                     only packets from them"
+                        .into(),
+                ));
+            }
             if !seen.insert(w.cgroup.clone()) {
                 return Err(invalid(
                     &format!("workloads[{i}].cgroup"),

@@ -364,7 +364,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         .map(|(i, w)| Workload {
             cgroup_id: i as u64 + 1,
             config: w.clone(),
-            ifindex: None,
+            iface: None,
         })
         .collect();
     let me = workloads

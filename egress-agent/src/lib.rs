@@ -20,6 +20,7 @@ pub mod istio;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod preflight;
 pub mod registry;
 pub mod scope;

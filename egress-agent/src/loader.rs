@@ -85,7 +85,7 @@ pub struct PolicyMaps {
     policy: LpmTrie<MapData, IpKey, PolicyCidrValue>,
     dns: Array<MapData, DnsConfig>,
     workload_ips: HashMap<MapData, Addr, WorkloadValue>,
-    ifaces: HashMap<MapData, u32, WorkloadValue>,
+    ifaces: HashMap<MapData, u32, IfaceValue>,
 }
 
 /// The learned-destination map, written by the DNS proxy alone.
@@ -210,7 +210,7 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         })?;
     let lsm = load_lsm(&mut ebpf);
     let mut pinned = Vec::new();
-    for name in [INBOUND_MAP, FRAGS_MAP] {
+    for name in [INBOUND_MAP, FRAGS_MAP, NEIGH_MAP] {
         let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
         if let Some(dir) = pin {
             map.pin(dir.join(name)).map_err(|e| LoadError::Pin {
@@ -503,7 +503,7 @@ impl MapWriter for PolicyMaps {
     fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError> {
         removed(self.workload_ips.remove(&k), WORKLOAD_IPS_MAP)
     }
-    fn put_iface(&mut self, k: u32, v: WorkloadValue) -> Result<(), SyncError> {
+    fn put_iface(&mut self, k: u32, v: IfaceValue) -> Result<(), SyncError> {
         self.ifaces
             .insert(k, v, 0)
             .map_err(map_err("write to", IFACES_MAP))

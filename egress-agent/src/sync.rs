@@ -27,7 +27,7 @@ pub trait MapWriter {
     fn put_dns(&mut self, v: DnsConfig) -> Result<(), SyncError>;
     fn put_workload_ip(&mut self, k: Addr, v: WorkloadValue) -> Result<(), SyncError>;
     fn del_workload_ip(&mut self, k: Addr) -> Result<(), SyncError>;
-    fn put_iface(&mut self, k: u32, v: WorkloadValue) -> Result<(), SyncError>;
+    fn put_iface(&mut self, k: u32, v: IfaceValue) -> Result<(), SyncError>;
     fn del_iface(&mut self, k: u32) -> Result<(), SyncError>;
 }
 
@@ -57,7 +57,7 @@ pub struct Syncer {
     next_set: u32,
     dns: Option<DnsConfig>,
     workload_ips: HashMap<Addr, WorkloadValue>,
-    ifaces: HashMap<u32, WorkloadValue>,
+    ifaces: HashMap<u32, IfaceValue>,
 }
 
 impl Syncer {
@@ -363,7 +363,7 @@ pub mod tests {
         fn put_workload_ip(&mut self, _k: Addr, _v: WorkloadValue) -> Result<(), SyncError> {
             Ok(())
         }
-        fn put_iface(&mut self, _k: u32, _v: WorkloadValue) -> Result<(), SyncError> {
+        fn put_iface(&mut self, _k: u32, _v: IfaceValue) -> Result<(), SyncError> {
             Ok(())
         }
         fn del_iface(&mut self, _k: u32) -> Result<(), SyncError> {

@@ -11,8 +11,33 @@ use crate::config::WorkloadConfig;
 pub struct Workload {
     pub cgroup_id: u64,
     pub config: WorkloadConfig,
-    /// The index of `config.interface`, when it exists (the interface check).
-    pub ifindex: Option<u32>,
+    /// `config.interface`, when it exists: its index and the node-side MACs (its
+    /// own and its bridge's), for the interface check.
+    pub iface: Option<Iface>,
+}
+
+/// The node side of a workload's link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub index: u32,
+    pub mac: [u8; 6],
+    /// The MAC of the bridge the interface is a port of (its own MAC if none).
+    pub bridge_mac: [u8; 6],
+}
+
+/// Looks an interface up in the agent's network namespace.
+pub fn iface(name: &str) -> Option<Iface> {
+    let index = crate::loader::ifindex(name)?;
+    let link = crate::netlink::link(index).ok()?;
+    let bridge_mac = link
+        .master
+        .and_then(|m| crate::netlink::link(m).ok())
+        .map_or(link.mac, |b| b.mac);
+    Some(Iface {
+        index,
+        mac: link.mac,
+        bridge_mac,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +72,7 @@ pub fn resolve(configs: &[WorkloadConfig]) -> (Vec<Workload>, Vec<WorkloadError>
             Ok(id) => ok.push(Workload {
                 cgroup_id: id,
                 config: c.clone(),
-                ifindex: c.interface.as_deref().and_then(crate::loader::ifindex),
+                iface: c.interface.as_deref().and_then(iface),
             }),
             Err(source) => errors.push(WorkloadError {
                 namespace: c.namespace.clone(),

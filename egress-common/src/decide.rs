@@ -110,18 +110,23 @@ pub fn find_workload_key<D: Dataplane>(d: &D) -> Option<(u64, WorkloadValue)> {
 pub fn transport_label(layer: Layer, family: u32, port: u16, proto: u8) -> &'static str {
     match layer {
         Layer::Socket => SocketKind::of(family, u32::from(port), u32::from(proto)).label(),
-        Layer::Sockopt => {
-            if proto == 0 {
-                "ip_options"
-            } else {
-                "ipv6_rthdr"
-            }
-        }
+        Layer::Sockopt => match port {
+            4 => "ip_options",
+            6 => "ipv6_pktoptions",
+            _ => "ipv6_rthdr",
+        },
         _ => match proto {
             PROTO_TCP => "tcp",
             PROTO_UDP => "udp",
             PROTO_ICMP => "icmp",
             PROTO_ICMPV6 => "icmpv6",
+            4 => "ipip",
+            41 => "ipv6-in-ip",
+            47 => "gre",
+            50 => "esp",
+            51 => "ah",
+            132 => "sctp",
+            136 => "udplite",
             _ => "other",
         },
     }
@@ -134,8 +139,8 @@ pub fn stat_transport(k: &StatKey) -> &'static str {
             let (family, ty) = socket_from_stat_port(k.port);
             transport_label(Layer::Socket, family, ty as u16, k.proto)
         }
-        Some(Reason::SourceRoute) if k.proto == 0 || k.proto == 41 => {
-            transport_label(Layer::Sockopt, 0, k.port, k.proto)
+        Some(Reason::SourceRoute) if k.proto == SOCKOPT_STAT_PROTO => {
+            transport_label(Layer::Sockopt, 0, k.port & 0xff, 0)
         }
         _ => transport_label(Layer::Connect, 0, k.port, k.proto),
     }
@@ -146,10 +151,14 @@ pub fn stat_transport(k: &StatKey) -> &'static str {
 pub fn stat_has_port(k: &StatKey) -> bool {
     match Reason::from_u8(k.reason) {
         Some(Reason::SocketType) => false,
-        Some(Reason::SourceRoute) => !(k.proto == 0 || k.proto == 41),
+        Some(Reason::SourceRoute) => k.proto != SOCKOPT_STAT_PROTO,
         _ => true,
     }
 }
+
+/// The stats key's protocol of a refused `setsockopt()` (IP protocol 255 is
+/// reserved: no packet carries it); its port is `level << 8 | optname`.
+pub const SOCKOPT_STAT_PROTO: u8 = 255;
 
 /// How a refused `socket()` is counted in the stats key's port: family and type.
 #[inline(always)]
@@ -491,20 +500,27 @@ pub fn packet_allowed<D: Dataplane>(
     None
 }
 
-/// A packet-level refusal, or its audited form.
+/// A packet-level refusal for `reason`, or its audited form.
 #[inline(always)]
-pub fn packet_decision(w: &WorkloadValue) -> Decision {
+pub fn packet_decision(w: &WorkloadValue, reason: Reason) -> Decision {
     deny(
         Decision {
             workload: *w,
             action: Action::Deny,
-            reason: Reason::PacketCheck,
+            reason,
             matched: MatchKind::None,
             service_id: 0,
             backend: Backend::default(),
         },
-        Reason::PacketCheck,
+        reason,
     )
+}
+
+/// Is `addr` in an excluded CIDR (loopback by default)?
+#[inline(always)]
+pub fn excluded<D: Dataplane>(d: &D, addr: &Addr) -> bool {
+    d.policy_cidr(addr)
+        .is_some_and(|p| p.kind == POLICY_EXCLUDED)
 }
 
 /// The registry steps (SPEC §7.3 steps 2–4): VIP or endpoint, CIDR, learned.
@@ -1234,6 +1250,25 @@ mod tests {
         assert_eq!(transport_label(Layer::Socket, AF_INET, 2, 1), "icmp");
         assert_eq!(transport_label(Layer::Sockopt, 4, 4, 0), "ip_options");
         assert_eq!(transport_label(Layer::Sockopt, 6, 57, 41), "ipv6_rthdr");
+        assert_eq!(transport_label(Layer::Sockopt, 6, 6, 41), "ipv6_pktoptions");
+        assert_eq!(transport_label(Layer::InterfacePacket, 4, 0, 4), "ipip");
+        let sockopt = StatKey {
+            port: 41 << 8 | 57,
+            proto: SOCKOPT_STAT_PROTO,
+            reason: Reason::SourceRoute as u8,
+            ..StatKey::default()
+        };
+        assert_eq!(stat_transport(&sockopt), "ipv6_rthdr");
+        assert!(!stat_has_port(&sockopt));
+        // A packet-level source route of an IPv6-in-IPv4 packet is a packet.
+        let packet = StatKey {
+            port: 0,
+            proto: 41,
+            reason: Reason::SourceRoute as u8,
+            ..StatKey::default()
+        };
+        assert_eq!(stat_transport(&packet), "ipv6-in-ip");
+        assert!(stat_has_port(&packet));
         assert_eq!(
             transport_label(Layer::SocketPacket, 4, 80, PROTO_TCP),
             "tcp"

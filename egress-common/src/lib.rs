@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod decide;
+pub mod link;
 pub mod maps;
 
 pub use maps::*;

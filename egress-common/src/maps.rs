@@ -46,6 +46,10 @@ pub const RATE_MAP: &str = "EGRESS_RATE";
 /// Interface index → [`WorkloadValue`]: the workload behind each enforced interface
 /// (host side of its veth), for the packet-level check on that interface.
 pub const IFACES_MAP: &str = "EGRESS_IFACES";
+/// LRU [`NeighKey`] → [`NeighValue`]: the link-layer address the network
+/// announced (ARP, neighbour advertisement) to a workload for an IP address; a
+/// frame the workload sends directly to a neighbour must carry that address.
+pub const NEIGH_MAP: &str = "EGRESS_NEIGH";
 /// LRU [`FlowKey`] → boot-time ns: flows a remote end opened towards a workload
 /// (its replies pass the interface check whatever the registry says).
 pub const INBOUND_MAP: &str = "EGRESS_INBOUND";
@@ -77,6 +81,7 @@ pub const ALL_MAPS: &[&str] = &[
     IFACES_MAP,
     INBOUND_MAP,
     FRAGS_MAP,
+    NEIGH_MAP,
 ];
 
 /// Capacities. The agent may raise them at load time (`EbpfLoader::map_max_entries`).
@@ -94,6 +99,7 @@ pub const TRAFFIC_MAX: u32 = 65_536;
 pub const IFACES_MAX: u32 = 16_384;
 pub const INBOUND_MAX: u32 = 262_144;
 pub const FRAGS_MAX: u32 = 16_384;
+pub const NEIGH_MAX: u32 = 65_536;
 
 /// The key of [`WORKLOADS_MAP`] that holds the default for cgroups under the attach
 /// point that are not a known workload (`unknownWorkloads`). No cgroup has id 0.
@@ -170,6 +176,9 @@ pub enum Reason {
     /// A packet for a destination outside the view, whatever made it (the
     /// packet-level second line).
     PacketCheck = 10,
+    /// A packet whose source is not the workload's own address, or a frame whose
+    /// link-layer destination is not where its IP destination is reached.
+    Spoofed = 11,
 }
 
 impl Reason {
@@ -185,6 +194,7 @@ impl Reason {
             8 => Some(Self::SocketType),
             9 => Some(Self::SourceRoute),
             10 => Some(Self::PacketCheck),
+            11 => Some(Self::Spoofed),
             _ => None,
         }
     }
@@ -201,6 +211,7 @@ impl Reason {
             Self::SocketType => "socket_type",
             Self::SourceRoute => "source_route",
             Self::PacketCheck => "packet_check",
+            Self::Spoofed => "spoofed",
         }
     }
 }
@@ -331,10 +342,13 @@ pub enum Counter {
     PacketsDropped = 19,
     /// A socket's tag could not be stored (no memory).
     SockTagFull = 20,
+    /// Multicast listener reports of a workload's kernel, dropped on its
+    /// interface without an access-log line (nothing the workload asked for).
+    MldDropped = 21,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -357,6 +371,7 @@ impl Counter {
         Self::ErrTcEnforce,
         Self::PacketsDropped,
         Self::SockTagFull,
+        Self::MldDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -382,6 +397,7 @@ impl Counter {
             Self::ErrTcEnforce => "tc_enforce_errors",
             Self::PacketsDropped => "packets_dropped",
             Self::SockTagFull => "sock_tag_full",
+            Self::MldDropped => "mld_dropped",
         }
     }
 }
@@ -409,6 +425,42 @@ pub const WL_SOCK_SCTP: u32 = 1 << 12;
 /// Any other protocol of AF_INET/AF_INET6, and other families than
 /// INET, INET6, UNIX, NETLINK and PACKET.
 pub const WL_SOCK_OTHER: u32 = 1 << 13;
+/// Workload flag: the workload's addresses are known (`EGRESS_WLIPS`): its
+/// packets must carry one of them as their source.
+pub const WL_HAS_ADDR: u32 = 1 << 16;
+
+/// Value of [`IFACES_MAP`], keyed by interface index (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceValue {
+    pub workload: WorkloadValue,
+    /// The node side of the link: the interface's own MAC and, when it is a
+    /// bridge port, the bridge's. Frames to these go to the node, which routes.
+    pub mac: [u8; 6],
+    pub bridge_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<IfaceValue>() == 32);
+
+/// Key of [`NEIGH_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKey {
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// Network byte order, IPv4 v4-mapped.
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<NeighKey>() == 24);
+
+/// Value of [`NEIGH_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighValue {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<NeighValue>() == 8);
 
 /// Value of [`WORKLOADS_MAP`], keyed by cgroup id (u64).
 #[repr(C)]
@@ -714,8 +766,11 @@ pub struct SockTag {
     pub _pad: u8,
     /// With [`TAG_OK`]: the destination address last found allowed.
     pub ok_addr: Addr,
+    /// With [`TAG_OK`]: the source address it was allowed from (zero: not
+    /// checked yet, the connect layer filled `ok_*`).
+    pub ok_src: Addr,
 }
-const _: () = assert!(size_of::<SockTag>() == 40);
+const _: () = assert!(size_of::<SockTag>() == 56);
 
 /// Value of [`RATE_MAP`]: a token bucket kept as time credit.
 #[repr(C)]
@@ -806,4 +861,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for SockTag {}
+    unsafe impl aya::Pod for IfaceValue {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighValue {}
 }

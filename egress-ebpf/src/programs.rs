@@ -30,6 +30,7 @@ use aya_ebpf::{
 use egress_common::{
     addr::{Addr, is_v4_mapped, v4_mapped, v4_octets},
     decide::{self, Connect, Dataplane, Decision, Outcome, PacketDest, SocketKind},
+    link,
     maps::*,
 };
 
@@ -78,8 +79,10 @@ static EGRESS_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficValue> =
 static EGRESS_RATE: PerCpuHashMap<u32, RateBucket> =
     PerCpuHashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
 #[map]
-static EGRESS_IFACES: HashMap<u32, WorkloadValue> =
+static EGRESS_IFACES: HashMap<u32, IfaceValue> =
     HashMap::with_max_entries(IFACES_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static EGRESS_NEIGH: LruHashMap<NeighKey, NeighValue> = LruHashMap::with_max_entries(NEIGH_MAX, 0);
 #[map]
 static EGRESS_INBOUND: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(INBOUND_MAX, BPF_F_NO_COMMON_LRU);
@@ -650,129 +653,11 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
-/// A pointer to a `T` at `offset` of the packet's linear data, bounds-checked for
-/// the verifier (direct packet access: no helper call per field).
-#[inline(always)]
-fn at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
-/// The headers a packet is counted by: protocol, source, destination, ports, and
-/// where the payload starts.
-struct Headers {
-    proto: u8,
-    src: Addr,
-    dst: Addr,
-    sport: u16,
-    dport: u16,
-    payload_at: usize,
-}
-
-/// Parses Ethernet + IPv4/IPv6 + TCP/UDP from the linear data; `None` for other
-/// packets, or when the headers are not all in the linear part.
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Headers> {
-    // SAFETY: every pointer comes from `at`, which checked it against data_end.
-    unsafe {
-        let ethertype = u16::from_be(*at::<u16>(ctx, 12)?);
-        let (proto, src, dst, l4) = match ethertype {
-            ETH_P_IP => {
-                let ihl = usize::from(*at::<u8>(ctx, ETH_HLEN)? & 0x0f) * 4;
-                let proto = *at::<u8>(ctx, ETH_HLEN + 9)?;
-                let src = *at::<[u8; 4]>(ctx, ETH_HLEN + 12)?;
-                let dst = *at::<[u8; 4]>(ctx, ETH_HLEN + 16)?;
-                (proto, v4_mapped(src), v4_mapped(dst), ETH_HLEN + ihl)
-            }
-            ETH_P_IPV6 => {
-                let proto = *at::<u8>(ctx, ETH_HLEN + 6)?;
-                let src = *at::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
-                let dst = *at::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
-                (proto, src, dst, ETH_HLEN + 40)
-            }
-            _ => return None,
-        };
-        let l4_len = match proto {
-            PROTO_TCP => usize::from(*at::<u8>(ctx, l4 + 12)? >> 4) * 4,
-            PROTO_UDP => 8,
-            _ => return None,
-        };
-        Some(Headers {
-            proto,
-            src,
-            dst,
-            sport: u16::from_be(*at::<u16>(ctx, l4)?),
-            dport: u16::from_be(*at::<u16>(ctx, l4 + 2)?),
-            payload_at: l4 + l4_len,
-        })
-    }
-}
-
-#[inline(always)]
-fn try_count(ctx: &TcContext, dir: u8) {
-    let h = match parse(ctx) {
-        Some(h) => h,
-        // Headers beyond the linear part (rare): make them linear once.
-        None => {
-            if ctx.pull_data(128).is_err() {
-                return;
-            }
-            match parse(ctx) {
-                Some(h) => h,
-                None => return,
-            }
-        }
-    };
-    let (local, remote, remote_port) = if dir == DIR_SENT {
-        (h.src, h.dst, h.dport)
-    } else {
-        (h.dst, h.src, h.sport)
-    };
-    let Some((workload_id, service_id)) =
-        decide::attribute(&Kernel(Current), &local, &remote, remote_port, h.proto)
-    else {
-        return;
-    };
-    let payload = (ctx.len() as u64).saturating_sub(h.payload_at as u64);
-    let key = TrafficKey {
-        workload_id,
-        service_id,
-        port: remote_port,
-        proto: h.proto,
-        dir,
-    };
-    if let Some(v) = EGRESS_TRAFFIC.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU touches it while we run.
-        unsafe {
-            (*v).packets += 1;
-            (*v).bytes += payload;
-        }
-        return;
-    }
-    let v = TrafficValue {
-        packets: 1,
-        bytes: payload,
-    };
-    if EGRESS_TRAFFIC.insert(key, v, BPF_NOEXIST as u64).is_err() {
-        match EGRESS_TRAFFIC.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(p) => unsafe {
-                (*p).packets += 1;
-                (*p).bytes += payload;
-            },
-            None => bump(Counter::TrafficFull),
-        }
-    }
-}
-
-/// Host-side veth ingress: packets the workload sends — checked against its view
-/// (the interface line of defence), then counted.
+/// Host-side veth ingress: the frames the workload sends — checked against its
+/// view (the interface line), then counted.
 #[classifier]
 pub fn egress_tc_sent(ctx: TcContext) -> i32 {
-    let verdict = match guard::tc_enforce(&ctx) {
+    match guard::tc_sent(&ctx) {
         Ok(v) => v,
         Err(()) => {
             bump(Counter::ErrTcEnforce);
@@ -782,20 +667,13 @@ pub fn egress_tc_sent(ctx: TcContext) -> i32 {
                 2
             }
         }
-    };
-    if verdict != TCX_NEXT {
-        return verdict;
     }
-    // A packet that cannot be parsed is simply not counted: counting never drops.
-    try_count(&ctx, DIR_SENT);
-    TCX_NEXT
 }
 
-/// Host-side veth egress: packets the workload receives — flows a remote end
-/// opens are remembered (their replies pass the check), then counted.
+/// Host-side veth egress: the frames the workload receives — flows a remote end
+/// opens and the neighbours the network announces are remembered, then counted.
 #[classifier]
 pub fn egress_tc_received(ctx: TcContext) -> i32 {
-    guard::tc_record_inbound(&ctx);
-    try_count(&ctx, DIR_RECEIVED);
+    guard::tc_received(&ctx);
     TCX_NEXT
 }

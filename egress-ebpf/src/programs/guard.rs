@@ -219,8 +219,8 @@ fn try_setsockopt(ctx: &SockoptContext) -> Result<i32, ()> {
     count(&StatKey {
         workload_id: w.workload_id,
         service_id: 0,
-        port: name as u16,
-        proto: level as u8,
+        port: ((level as u16) << 8) | (name as u16 & 0xff),
+        proto: decide::SOCKOPT_STAT_PROTO,
         action: d.action as u8,
         reason: d.reason as u8,
         matched: d.matched as u8,
@@ -271,36 +271,38 @@ pub fn egress_sock_ops(ctx: SockOpsContext) -> u32 {
 // Packet parsing shared by the socket and interface checks.
 // ---------------------------------------------------------------------------------
 
-/// Something headers can be read from.
+/// Something headers can be read from: `N` bytes at `offset`, false when the
+/// packet is shorter.
 pub(super) trait Bytes {
-    fn bytes(&self, offset: usize, buf: &mut [u8]) -> bool;
+    fn bytes<const N: usize>(&self, offset: usize, buf: &mut [u8; N]) -> bool;
 }
 
-/// Copies `buf.len()` bytes (a constant at every call site, as the verifier
-/// wants) from `offset` of the packet; false when the packet is shorter.
+/// Copies `N` bytes at `offset` with the helper (headers outside the linear part).
 #[inline(always)]
-fn load_exact(skb: *mut c_void, offset: usize, buf: &mut [u8]) -> bool {
-    // SAFETY: the helper writes at most `buf.len()` bytes into `buf`.
+fn load_exact<const N: usize>(skb: *mut c_void, offset: usize, buf: &mut [u8; N]) -> bool {
+    // SAFETY: the helper writes at most N bytes into `buf`.
     unsafe {
         aya_ebpf::helpers::generated::bpf_skb_load_bytes(
             skb,
             offset as u32,
             buf.as_mut_ptr().cast(),
-            buf.len() as u32,
+            N as u32,
         ) == 0
     }
 }
 
 impl Bytes for SkBuffContext {
     #[inline(always)]
-    fn bytes(&self, offset: usize, buf: &mut [u8]) -> bool {
+    fn bytes<const N: usize>(&self, offset: usize, buf: &mut [u8; N]) -> bool {
         load_exact(self.as_ptr(), offset, buf)
     }
 }
 
 impl Bytes for TcContext {
     #[inline(always)]
-    fn bytes(&self, offset: usize, buf: &mut [u8]) -> bool {
+    fn bytes<const N: usize>(&self, offset: usize, buf: &mut [u8; N]) -> bool {
+        // (Direct packet access at the variable offsets of upper-layer headers
+        // compiles to bounds checks the verifier does not follow.)
         load_exact(self.as_ptr(), offset, buf)
     }
 }
@@ -311,7 +313,7 @@ pub(super) const FRAG_WHOLE: u8 = 0;
 pub(super) const FRAG_FIRST: u8 = 1;
 pub(super) const FRAG_LATER: u8 = 2;
 
-/// The headers the checks need.
+/// The headers the checks and the counters need.
 pub(super) struct Pkt {
     pub proto: u8,
     pub src: Addr,
@@ -320,6 +322,15 @@ pub(super) struct Pkt {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// IPv6: hop limit; IPv4: TTL.
+    pub hop_limit: u8,
+    /// IPv6: the ICMPv6 (or other upper layer) follows the fixed header directly.
+    pub plain: bool,
+    /// IPv6 payload length / IPv4 total length minus its header.
+    pub ip_payload: u16,
+    /// Where the upper-layer header starts, and its payload.
+    pub l4_at: usize,
+    pub payload_at: usize,
     /// IPv4 options or an IPv6 routing header.
     pub source_route: bool,
     /// `FRAG_*`, and the datagram's id when fragmented.
@@ -334,10 +345,8 @@ const NH_DSTOPTS: u8 = 60;
 pub(super) const TCP_SYN: u8 = 0x02;
 pub(super) const TCP_ACK: u8 = 0x10;
 
-/// Parses an IPv4 (`v6` false) or IPv6 packet starting at `base`.
-#[inline(always)]
-pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
-    let mut p = Pkt {
+impl Pkt {
+    pub(super) const EMPTY: Pkt = Pkt {
         proto: 0,
         src: [0; 16],
         dst: [0; 16],
@@ -345,19 +354,33 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        hop_limit: 0,
+        plain: true,
+        ip_payload: 0,
+        l4_at: 0,
+        payload_at: 0,
         source_route: false,
         frag: FRAG_WHOLE,
         frag_id: 0,
     };
+}
+
+/// Parses an IPv4 (`v6` false) or IPv6 packet starting at `base` into `p`;
+/// false when its headers cannot be read.
+#[inline(always)]
+pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool, p: &mut Pkt) -> bool {
+    *p = Pkt::EMPTY;
     let mut l4 = base;
     if !v6 {
         let mut h = [0u8; 20];
         if !b.bytes(base, &mut h) {
-            return None;
+            return false;
         }
         let ihl = usize::from(h[0] & 0x0f) * 4;
         p.source_route = ihl > 20;
         p.proto = h[9];
+        p.hop_limit = h[8];
+        p.ip_payload = u16::from_be_bytes([h[2], h[3]]).saturating_sub(ihl as u16);
         p.frag_id = u32::from(u16::from_be_bytes([h[4], h[5]]));
         let frag = u16::from_be_bytes([h[6], h[7]]);
         p.frag = if frag & 0x1fff != 0 {
@@ -373,9 +396,11 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
     } else {
         let mut h = [0u8; 40];
         if !b.bytes(base, &mut h) {
-            return None;
+            return false;
         }
         let mut nh = h[6];
+        p.hop_limit = h[7];
+        p.ip_payload = u16::from_be_bytes([h[4], h[5]]);
         let mut i = 0;
         while i < 16 {
             p.src[i] = h[8 + i];
@@ -388,41 +413,45 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
             n += 1;
             match nh {
                 NH_HOPOPTS | NH_DSTOPTS => {
+                    p.plain = false;
                     let mut e = [0u8; 2];
                     if !b.bytes(l4, &mut e) {
-                        return None;
+                        return false;
                     }
                     nh = e[0];
                     l4 += (usize::from(e[1]) + 1) * 8;
                 }
                 NH_ROUTING => {
+                    p.plain = false;
                     p.source_route = true;
                     break;
                 }
                 NH_FRAGMENT => {
+                    p.plain = false;
                     let mut e = [0u8; 8];
                     if !b.bytes(l4, &mut e) {
-                        return None;
+                        return false;
                     }
                     nh = e[0];
                     let off = u16::from_be_bytes([e[2], e[3]]);
                     p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
-                    p.frag = if off & 0xfff8 != 0 {
-                        FRAG_LATER
-                    } else if off & 1 != 0 {
-                        FRAG_FIRST
-                    } else {
-                        FRAG_WHOLE
-                    };
                     l4 += 8;
+                    if off & 0xfff8 != 0 {
+                        // What follows is the middle of the datagram, not headers.
+                        p.frag = FRAG_LATER;
+                        break;
+                    }
+                    p.frag = if off & 1 != 0 { FRAG_FIRST } else { FRAG_WHOLE };
                 }
                 _ => break,
             }
         }
         p.proto = nh;
     }
+    p.l4_at = l4;
+    p.payload_at = l4;
     if p.frag == FRAG_LATER || p.source_route {
-        return Some(p);
+        return true;
     }
     match p.proto {
         PROTO_TCP => {
@@ -431,6 +460,7 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
                 p.sport = u16::from_be_bytes([t[0], t[1]]);
                 p.dport = u16::from_be_bytes([t[2], t[3]]);
                 p.tcp_flags = t[13];
+                p.payload_at = l4 + usize::from(t[12] >> 4) * 4;
             }
         }
         PROTO_UDP => {
@@ -438,6 +468,7 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
             if b.bytes(l4, &mut t) {
                 p.sport = u16::from_be_bytes([t[0], t[1]]);
                 p.dport = u16::from_be_bytes([t[2], t[3]]);
+                p.payload_at = l4 + 8;
             }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -448,12 +479,13 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool) -> Option<Pkt> {
         }
         _ => {}
     }
-    Some(p)
+    true
 }
 
 /// Counts and logs a packet-level refusal (or audit) of `w`.
-#[inline(always)]
-fn refuse_packet(d: &Decision, p: &Pkt, layer: Layer, log: bool) {
+#[inline(never)]
+fn refuse_packet(w: &WorkloadValue, reason: Reason, p: &Pkt, layer: Layer, log: bool) {
+    let d = &decide::packet_decision(w, reason);
     count(&StatKey {
         workload_id: d.workload.workload_id,
         service_id: 0,
@@ -480,6 +512,13 @@ fn refuse_packet(d: &Decision, p: &Pkt, layer: Layer, log: bool) {
             },
         );
     }
+}
+
+/// Is `addr` one of this workload's own addresses?
+#[inline(always)]
+fn own_address(w: &WorkloadValue, addr: &Addr) -> bool {
+    // SAFETY: the value is copied out immediately.
+    unsafe { EGRESS_WLIPS.get(addr).copied() }.is_some_and(|o| o.workload_id == w.workload_id)
 }
 
 const SKB_PASS: i32 = 1;
@@ -516,15 +555,17 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
         ETH_P_IPV6_BE => true,
         _ => return Ok(SKB_PASS),
     };
-    let Some(p) = parse_ip(ctx, 0, v6) else {
+    let mut p = Pkt::EMPTY;
+    if !parse_ip(ctx, 0, v6, &mut p) {
         return Err(());
-    };
+    }
     let tag = tag_of(sk.cast());
     if !tag.is_null() {
         // SAFETY: this socket's storage.
         let t = unsafe { &*tag };
         if t.flags & TAG_OK != 0
             && !p.source_route
+            && t.ok_src == p.src
             && t.ok_addr == p.dst
             && t.ok_port == p.dport
             && t.ok_proto == p.proto
@@ -560,13 +601,35 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
         if let Some(d) = decide::source_route_decision(&w) {
             let first = log_once(tag);
             if d.action == Action::Deny || first {
-                refuse_packet(&d, &p, Layer::SocketPacket, first);
+                refuse_packet(&w, Reason::SourceRoute, &p, Layer::SocketPacket, first);
             }
             if d.action == Action::Deny {
                 return Ok(SKB_DROP);
             }
         }
         return Ok(SKB_PASS);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let dest = PacketDest {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+    };
+    // Only the workload's own addresses as source (a socket bound to a foreign
+    // address with IP_FREEBIND/IP_TRANSPARENT, or SNAT in the pod, would send
+    // replies of others to wherever it likes), but for what stays on the host.
+    if w.flags & WL_HAS_ADDR != 0 && !own_address(&w, &p.src) && !decide::excluded(&k, &p.dst) {
+        let d = decide::packet_decision(&w, Reason::Spoofed);
+        let first = log_once(tag);
+        if d.action == Action::Deny || first {
+            refuse_packet(&w, Reason::Spoofed, &p, Layer::SocketPacket, first);
+        }
+        return Ok(if d.action == Action::Deny {
+            SKB_DROP
+        } else {
+            SKB_PASS
+        });
     }
     if (ty == decide::SOCK_RAW && w.flags & WL_SOCK_RAW != 0)
         || ((p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6) && w.flags & WL_SOCK_ICMP != 0)
@@ -587,24 +650,21 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
             return Ok(SKB_PASS);
         }
     }
-    let dest = PacketDest {
-        addr: p.dst,
-        port: p.dport,
-        proto: p.proto,
-    };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     if decide::packet_allowed(&k, &w, &dest, now).is_some() {
         tag_ok(tag, &p.dst, p.dport, p.proto);
+        if !tag.is_null() {
+            // SAFETY: this socket's storage.
+            unsafe { (*tag).ok_src = p.src };
+        }
         return Ok(SKB_PASS);
     }
-    let d = decide::packet_decision(&w);
+    let d = decide::packet_decision(&w, Reason::PacketCheck);
     let first = log_once(tag);
     if d.action == Action::Audit && !first {
         // Audited once per socket (or at its connect()): the rest pass quietly.
         return Ok(SKB_PASS);
     }
-    refuse_packet(&d, &p, Layer::SocketPacket, first);
+    refuse_packet(&w, Reason::PacketCheck, &p, Layer::SocketPacket, first);
     Ok(if d.action == Action::Deny {
         SKB_DROP
     } else {
@@ -635,123 +695,277 @@ fn sk_peer(sk: *mut bpf_sock, v6: bool) -> Addr {
 }
 
 // ---------------------------------------------------------------------------------
-// The interface check: every packet the workload's network namespace emits
-// (host side of its veth, ingress), whatever made it — a raw or packet socket,
-// a tunnel device in the pod, a kernel-made packet, a rewritten destination.
-// Stateless but for the flows a remote end opened (their replies pass).
+// The interface check: every frame the workload's network namespace emits (host
+// side of its veth, ingress), whatever made it — a raw or packet socket, a
+// tunnel or TUN device in the pod, a kernel-made packet, a rewritten destination
+// or next hop. Judged for the workload of the interface, not the packet's
+// claimed source. Stateless but for the flows a remote end opened (their replies
+// pass), first fragments, and the neighbours the network announced.
 // ---------------------------------------------------------------------------------
 
 const TC_ACT_SHOT: i32 = 2;
 const ETH_P_ARP: u16 = 0x0806;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PARAMPROB: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 
-/// Checks one packet from the workload; `TCX_NEXT` or `TC_ACT_SHOT`.
+/// What the interface check decided for a frame from the workload (`Pkt` holds
+/// the parsed packet where there is one). Plain integers throughout: the
+/// verifier rejects reading bytes an enum variant leaves unset.
+#[derive(Clone, Copy)]
+struct Verdict {
+    /// `V_*`.
+    kind: u8,
+    /// With `V_DROP`: the [`Reason`], and whether the packet was parsed.
+    reason: u8,
+    parsed: u8,
+    /// With `V_COUNT`: the service the packet was allowed for.
+    service_id: u32,
+}
+
+/// Pass, not an IP packet to count (ARP, neighbour discovery, a fragment).
+const V_PASS: u8 = 0;
+/// Pass, and count the packet.
+const V_COUNT: u8 = 1;
+const V_DROP: u8 = 2;
+/// Drop without an access-log line (multicast listener reports).
+const V_DROP_QUIET: u8 = 3;
+
+impl Verdict {
+    const PASS: Verdict = Verdict {
+        kind: V_PASS,
+        reason: 0,
+        parsed: 0,
+        service_id: 0,
+    };
+
+    #[inline(always)]
+    fn count(service_id: u32) -> Self {
+        Verdict {
+            kind: V_COUNT,
+            service_id,
+            ..Self::PASS
+        }
+    }
+
+    #[inline(always)]
+    fn drop(reason: Reason, parsed: bool) -> Self {
+        Verdict {
+            kind: V_DROP,
+            reason: reason as u8,
+            parsed: u8::from(parsed),
+            service_id: 0,
+        }
+    }
+}
+
+/// Host-side veth ingress: what the workload sends — checked, then counted.
 #[inline(always)]
-pub(super) fn tc_enforce(ctx: &TcContext) -> Result<i32, ()> {
+pub(super) fn tc_sent(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: context field.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is copied out immediately.
-    let Some(w) = (unsafe { EGRESS_IFACES.get(ifindex).copied() }) else {
+    let iface = unsafe { EGRESS_IFACES.get(ifindex).copied() };
+    let w = iface.map(|i| i.workload);
+    let enforced = w.is_some_and(|w| {
+        w.flags & WL_REGISTRY_ONLY != 0 && w.flags & (WL_AUDIT | WL_SOCK_RAW | WL_SOCK_PACKET) == 0
+    });
+    let (Some(iface), true) = (iface, enforced) else {
+        // Not held here (ALLOW_ANY, audit mode, raw or packet sockets allowed):
+        // counted only.
+        count_frame(ctx, DIR_SENT);
         return Ok(TCX_NEXT);
     };
-    // Audit mode: the socket and connect layers record what would be refused;
-    // the interface only ever records what it drops.
-    if w.flags & WL_REGISTRY_ONLY == 0 || w.flags & (WL_AUDIT | WL_SOCK_RAW | WL_SOCK_PACKET) != 0 {
-        return Ok(TCX_NEXT);
+    let mut p = Pkt::EMPTY;
+    let v = check_sent(ctx, ifindex, &iface, &mut p)?;
+    match v.kind {
+        V_PASS => Ok(TCX_NEXT),
+        V_COUNT => {
+            count_packet(ctx, iface.workload.workload_id, v.service_id, &p, DIR_SENT);
+            Ok(TCX_NEXT)
+        }
+        V_DROP_QUIET => {
+            bump(Counter::MldDropped);
+            Ok(TC_ACT_SHOT)
+        }
+        _ => {
+            if v.parsed != 0 {
+                let reason = Reason::from_u8(v.reason).unwrap_or(Reason::PacketCheck);
+                refuse_packet(&iface.workload, reason, &p, Layer::InterfacePacket, true);
+            } else {
+                bump(Counter::PacketsDropped);
+            }
+            Ok(TC_ACT_SHOT)
+        }
     }
-    let mut eth = [0u8; 2];
-    if !ctx.bytes(12, &mut eth) {
+}
+
+#[inline(never)]
+fn check_sent(
+    ctx: &TcContext,
+    ifindex: u32,
+    iface: &IfaceValue,
+    p: &mut Pkt,
+) -> Result<Verdict, ()> {
+    let w = &iface.workload;
+    let mut eth = [0u8; 14];
+    if !ctx.bytes(0, &mut eth) {
         return Err(());
     }
-    let v6 = match u16::from_be_bytes(eth) {
-        ETH_P_ARP => return Ok(TCX_NEXT),
+    let dst_mac = link::mac_u64(&[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]]);
+    let v6 = match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_ARP => {
+            let mut arp = [0u8; link::ARP_LEN];
+            let ok = ctx.bytes(ETH_HLEN, &mut arp)
+                && link::arp_ok(&arp, ctx.len(), |a| own_address(w, a));
+            return Ok(if ok {
+                Verdict::PASS
+            } else {
+                Verdict::drop(Reason::Spoofed, false)
+            });
+        }
         ETH_P_IP => false,
         ETH_P_IPV6 => true,
         // VLAN, MPLS, PPPoE, anything a device in the pod could frame: not IP
         // the registry can judge.
-        _ => {
-            bump(Counter::PacketsDropped);
-            return Ok(TC_ACT_SHOT);
-        }
+        _ => return Ok(Verdict::drop(Reason::PacketCheck, false)),
     };
-    let Some(p) = parse_ip(ctx, ETH_HLEN, v6) else {
+    if !parse_ip(ctx, ETH_HLEN, v6, p) {
         return Err(());
-    };
-    let k = Kernel(Current);
-    let shot = |d: Decision, p: &Pkt| -> i32 {
-        refuse_packet(&d, p, Layer::InterfacePacket, true);
-        if d.action == Action::Deny {
-            TC_ACT_SHOT
+    }
+    // Multicast listener reports: the pod's kernel sends them by itself when its
+    // addresses come up; their group addresses are the only data they carry, and
+    // nothing in a pod needs them. Dropped and counted, not logged.
+    if p.proto == PROTO_ICMPV6 && matches!(p.icmp_type, 130..=132 | 143) {
+        return Ok(Verdict {
+            kind: V_DROP_QUIET,
+            ..Verdict::PASS
+        });
+    }
+    // Neighbour discovery: only what a kernel sends, and nothing else of
+    // ICMPv6's link-local kind (router advertisements, redirects).
+    if p.proto == PROTO_ICMPV6 && (133..=137).contains(&p.icmp_type) {
+        let mut target = [0u8; 16];
+        if p.icmp_type != link::ICMPV6_ROUTER_SOLICIT && !ctx.bytes(p.l4_at + 8, &mut target) {
+            return Ok(Verdict::drop(Reason::Spoofed, true));
+        }
+        let nd = link::Nd {
+            icmp_type: p.icmp_type,
+            hop_limit: p.hop_limit,
+            payload_len: p.ip_payload,
+            plain: p.plain,
+            dst: p.dst,
+            target,
+        };
+        let ok = link::nd_ok(&nd, |a| own_address(w, a))
+            && (own_address(w, &p.src) || link::is_link_local_v6(&p.src) || p.src == [0u8; 16]);
+        return Ok(if ok {
+            Verdict::PASS
         } else {
-            TCX_NEXT
-        }
-    };
+            Verdict::drop(Reason::Spoofed, true)
+        });
+    }
+    // Its own addresses only: a forged source would have others answer to
+    // wherever it likes (the DNS proxy, any allowed server, ICMP errors).
+    if !own_address(w, &p.src) {
+        return Ok(Verdict::drop(Reason::Spoofed, true));
+    }
     if p.source_route {
-        if let Some(d) = decide::source_route_decision(&w) {
-            return Ok(shot(d, &p));
-        }
-        return Ok(TCX_NEXT);
+        return Ok(Verdict::drop(Reason::SourceRoute, true));
+    }
+    // The frame goes to the node, which routes, or to the neighbour the network
+    // announced for this very address: not routed through another host.
+    let neigh = NeighKey {
+        ifindex,
+        _pad: 0,
+        addr: p.dst,
+    };
+    // SAFETY: the value is copied out immediately.
+    let announced = match unsafe { EGRESS_NEIGH.get(neigh) } {
+        Some(n) => link::mac_u64(&n.mac),
+        None => 0,
+    };
+    let node = (link::mac_u64(&iface.mac), link::mac_u64(&iface.bridge_mac));
+    if !link::next_hop_ok(dst_mac, &p.dst, node, announced) {
+        return Ok(Verdict::drop(Reason::Spoofed, true));
     }
     if p.frag == FRAG_LATER {
-        let key = FragKey {
-            src: p.src,
-            dst: p.dst,
-            id: p.frag_id,
-            proto: p.proto,
-            _pad: [0; 3],
-        };
-        // SAFETY: the value is copied out immediately.
-        if unsafe { EGRESS_FRAGS.get(key) }.is_some() {
-            return Ok(TCX_NEXT);
-        }
-        return Ok(shot(decide::packet_decision(&w), &p));
+        let key = frag_key(p);
+        // SAFETY: presence test only.
+        return Ok(if unsafe { EGRESS_FRAGS.get(key) }.is_some() {
+            Verdict::PASS
+        } else {
+            Verdict::drop(Reason::PacketCheck, true)
+        });
     }
-    // Replies to what a remote end opened, from the workload's own address only.
-    // SAFETY: the value is copied out immediately.
-    let own =
-        unsafe { EGRESS_WLIPS.get(p.src).copied() }.is_some_and(|o| o.workload_id == w.workload_id);
-    match p.proto {
-        PROTO_ICMPV6 if (130..=137).contains(&p.icmp_type) || p.icmp_type == 143 => {
-            // Neighbour discovery and MLD: link-local, never routed.
-            return Ok(TCX_NEXT);
-        }
+    let allowed = match p.proto {
         PROTO_ICMP | PROTO_ICMPV6 => {
-            if w.flags & WL_SOCK_ICMP != 0 || (own && inbound(&p, 0, 0)) {
-                return Ok(TCX_NEXT);
+            let reply = matches!(
+                (p.proto, p.icmp_type),
+                (
+                    PROTO_ICMP,
+                    ICMP_ECHO_REPLY | ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+                ) | (
+                    PROTO_ICMPV6,
+                    ICMPV6_DEST_UNREACH..=ICMPV6_PARAMPROB | ICMPV6_ECHO_REPLY
+                )
+            );
+            let request = matches!(
+                (p.proto, p.icmp_type),
+                (PROTO_ICMP, ICMP_ECHO_REQUEST) | (PROTO_ICMPV6, ICMPV6_ECHO_REQUEST)
+            );
+            if (request && w.flags & WL_SOCK_ICMP != 0) || (reply && inbound(p, 0, 0)) {
+                Some(0)
+            } else {
+                None
             }
-            return Ok(shot(decide::packet_decision(&w), &p));
         }
-        _ => {}
-    }
-    if own && inbound(&p, p.sport, p.dport) {
-        return Ok(TCX_NEXT);
-    }
-    let dest = PacketDest {
-        addr: p.dst,
-        port: p.dport,
-        proto: p.proto,
-    };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if decide::packet_allowed(&k, &w, &dest, now).is_some() {
-        if p.frag == FRAG_FIRST {
-            let key = FragKey {
-                src: p.src,
-                dst: p.dst,
-                id: p.frag_id,
+        PROTO_TCP | PROTO_UDP => {
+            let dest = PacketDest {
+                addr: p.dst,
+                port: p.dport,
                 proto: p.proto,
-                _pad: [0; 3],
             };
-            let _ = EGRESS_FRAGS.insert(key, 1u8, 0);
+            // SAFETY: helper without arguments.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            match decide::packet_allowed(&Kernel(Current), w, &dest, now) {
+                Some(s) => Some(s),
+                None if inbound(p, p.sport, p.dport) => Some(0),
+                None => None,
+            }
         }
-        return Ok(TCX_NEXT);
+        // A tunnel's outer packet, any other protocol: nothing the registry
+        // allows.
+        _ => None,
+    };
+    let Some(service_id) = allowed else {
+        return Ok(Verdict::drop(Reason::PacketCheck, true));
+    };
+    if p.frag == FRAG_FIRST {
+        let _ = EGRESS_FRAGS.insert(frag_key(p), 1u8, 0);
     }
-    Ok(shot(decide::packet_decision(&w), &p))
+    Ok(Verdict::count(service_id))
+}
+
+#[inline(always)]
+fn frag_key(p: &Pkt) -> FragKey {
+    FragKey {
+        src: p.src,
+        dst: p.dst,
+        id: p.frag_id,
+        proto: p.proto,
+        _pad: [0; 3],
+    }
 }
 
 /// Did the remote end open this flow (`local_port`/`remote_port` 0: any flow
-/// with that peer)?
+/// with that peer, for ICMP replies and errors)?
 #[inline(always)]
 fn inbound(p: &Pkt, local_port: u16, remote_port: u16) -> bool {
     let key = FlowKey {
@@ -766,31 +980,90 @@ fn inbound(p: &Pkt, local_port: u16, remote_port: u16) -> bool {
     unsafe { EGRESS_INBOUND.get(key) }.is_some()
 }
 
-/// Records flows a remote end opens towards a workload (host side of its veth,
-/// egress): a TCP SYN, a UDP datagram, an ICMP echo request.
+/// Host-side veth egress: what the workload receives. Flows a remote end opens
+/// (a TCP SYN, a UDP datagram, an echo request) are remembered, so are the
+/// neighbours the network announces (ARP, neighbour advertisements); then the
+/// packet is counted.
 #[inline(always)]
-pub(super) fn tc_record_inbound(ctx: &TcContext) {
+pub(super) fn tc_received(ctx: &TcContext) {
     // SAFETY: context field.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is copied out immediately.
-    let Some(w) = (unsafe { EGRESS_IFACES.get(ifindex).copied() }) else {
-        return;
-    };
-    if w.flags & WL_REGISTRY_ONLY == 0 {
-        return;
-    }
-    let mut eth = [0u8; 2];
-    if !ctx.bytes(12, &mut eth) {
+    let held = unsafe { EGRESS_IFACES.get(ifindex).copied() }
+        .is_some_and(|i| i.workload.flags & WL_REGISTRY_ONLY != 0);
+    if !held {
+        count_frame(ctx, DIR_RECEIVED);
         return;
     }
-    let v6 = match u16::from_be_bytes(eth) {
+    let mut eth = [0u8; 14];
+    if !ctx.bytes(0, &mut eth) {
+        return;
+    }
+    let v6 = match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_ARP => {
+            let mut arp = [0u8; link::ARP_LEN];
+            if ctx.bytes(ETH_HLEN, &mut arp) && (arp[7] == 2 || arp[7] == 1) {
+                // The sender of a request or reply: where its address is reached.
+                let sender = v4_mapped([arp[14], arp[15], arp[16], arp[17]]);
+                let mac = [arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]];
+                learn(ifindex, &sender, mac);
+            }
+            return;
+        }
         ETH_P_IP => false,
         ETH_P_IPV6 => true,
         _ => return,
     };
-    let Some(p) = parse_ip(ctx, ETH_HLEN, v6) else {
+    let mut p = Pkt::EMPTY;
+    if !parse_ip(ctx, ETH_HLEN, v6, &mut p) {
         return;
+    }
+    if p.proto == PROTO_ICMPV6
+        && (p.icmp_type == link::ICMPV6_NEIGHBOR_ADVERT
+            || p.icmp_type == link::ICMPV6_NEIGHBOR_SOLICIT)
+    {
+        learn_nd(ctx, ifindex, &p);
+    }
+    record_inbound(&p);
+    count_parsed(ctx, DIR_RECEIVED, &p);
+}
+
+/// Learns the neighbour a solicitation or advertisement to the workload names.
+#[inline(never)]
+fn learn_nd(ctx: &TcContext, ifindex: u32, p: &Pkt) {
+    {
+        // Target address, then a link-layer address option: the target's in an
+        // advertisement (type 2), the sender's in a solicitation (type 1).
+        let mut nd = [0u8; 32];
+        if ctx.bytes(p.l4_at, &mut nd) && nd[25] == 1 {
+            let mac = [nd[26], nd[27], nd[28], nd[29], nd[30], nd[31]];
+            if nd[24] == 2 && p.icmp_type == link::ICMPV6_NEIGHBOR_ADVERT {
+                let mut target = [0u8; 16];
+                let mut i = 0;
+                while i < 16 {
+                    target[i] = nd[8 + i];
+                    i += 1;
+                }
+                learn(ifindex, &target, mac);
+            } else if nd[24] == 1 && p.icmp_type == link::ICMPV6_NEIGHBOR_SOLICIT {
+                learn(ifindex, &p.src, mac);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn learn(ifindex: u32, addr: &Addr, mac: [u8; 6]) {
+    let key = NeighKey {
+        ifindex,
+        _pad: 0,
+        addr: *addr,
     };
+    let _ = EGRESS_NEIGH.insert(key, NeighValue { mac, _pad: [0; 2] }, 0);
+}
+
+#[inline(never)]
+fn record_inbound(p: &Pkt) {
     let opens = match p.proto {
         PROTO_TCP => p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         PROTO_UDP => true,
@@ -822,6 +1095,83 @@ pub(super) fn tc_record_inbound(ctx: &TcContext) {
         // SAFETY: presence test only.
         if unsafe { EGRESS_INBOUND.get(key) }.is_none() {
             let _ = EGRESS_INBOUND.insert(key, now, 0);
+        }
+    }
+}
+
+/// Counts a frame whose workload and service are not known yet: attributed by
+/// its workload address and remote end.
+#[inline(never)]
+fn count_frame(ctx: &TcContext, dir: u8) {
+    let mut eth = [0u8; 2];
+    if !ctx.bytes(12, &mut eth) {
+        return;
+    }
+    let v6 = match u16::from_be_bytes(eth) {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return,
+    };
+    let mut p = Pkt::EMPTY;
+    if parse_ip(ctx, ETH_HLEN, v6, &mut p) {
+        count_parsed(ctx, dir, &p);
+    }
+}
+
+/// Counts a parsed packet, attributed by its workload address and remote end.
+#[inline(never)]
+fn count_parsed(ctx: &TcContext, dir: u8, p: &Pkt) {
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return;
+    }
+    let (local, remote, remote_port) = if dir == DIR_SENT {
+        (p.src, p.dst, p.dport)
+    } else {
+        (p.dst, p.src, p.sport)
+    };
+    let Some((workload_id, service_id)) =
+        decide::attribute(&Kernel(Current), &local, &remote, remote_port, p.proto)
+    else {
+        return;
+    };
+    count_packet(ctx, workload_id, service_id, p, dir);
+}
+
+/// Adds one packet and its L4 payload to the traffic counters.
+#[inline(always)]
+fn count_packet(ctx: &TcContext, workload_id: u32, service_id: u32, p: &Pkt, dir: u8) {
+    if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+        return;
+    }
+    let remote_port = if dir == DIR_SENT { p.dport } else { p.sport };
+    let payload = (ctx.len() as u64).saturating_sub(p.payload_at as u64);
+    let key = TrafficKey {
+        workload_id,
+        service_id,
+        port: remote_port,
+        proto: p.proto,
+        dir,
+    };
+    if let Some(v) = EGRESS_TRAFFIC.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU touches it while we run.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += payload;
+        }
+        return;
+    }
+    let v = TrafficValue {
+        packets: 1,
+        bytes: payload,
+    };
+    if EGRESS_TRAFFIC.insert(key, v, BPF_NOEXIST as u64).is_err() {
+        match EGRESS_TRAFFIC.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(c) => unsafe {
+                (*c).packets += 1;
+                (*c).bytes += payload;
+            },
+            None => bump(Counter::TrafficFull),
         }
     }
 }

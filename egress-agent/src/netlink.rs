@@ -1,0 +1,114 @@
+//! What the agent needs to know of a network interface, from the kernel's
+//! rtnetlink (in the agent's own network namespace, whatever /sys shows): its
+//! index, its MAC, and the bridge it is a port of.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWLINK: u16 = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_MASTER: u16 = 10;
+
+/// An interface as the interface check needs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub mac: [u8; 6],
+    /// The bridge it is a port of (its index), if any.
+    pub master: Option<u32>,
+}
+
+/// Asks the kernel about interface `index`.
+pub fn link(index: u32) -> std::io::Result<Link> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // ifinfomsg: family AF_UNSPEC, type 0, index, flags 0, change 0.
+    req[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
+    // SAFETY: sending our buffer on our socket (to the kernel: no address needed).
+    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    parse_newlink(&buf[..n as usize], index)
+}
+
+/// Reads the reply to an RTM_GETLINK.
+fn parse_newlink(msg: &[u8], index: u32) -> std::io::Result<Link> {
+    let bad = |why: &str| std::io::Error::other(format!("rtnetlink: {why}"));
+    if msg.len() < 16 {
+        return Err(bad("short reply"));
+    }
+    let len = u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize;
+    let ty = u16::from_ne_bytes(msg[4..6].try_into().unwrap());
+    if ty == NLMSG_ERROR {
+        let errno = i32::from_ne_bytes(msg[16..20].try_into().unwrap_or([0; 4]));
+        return Err(std::io::Error::from_raw_os_error(-errno));
+    }
+    if ty != RTM_NEWLINK || len > msg.len() || len < 32 {
+        return Err(bad("unexpected reply"));
+    }
+    let mut link = Link {
+        index,
+        ..Link::default()
+    };
+    let mut at = 32;
+    while at + 4 <= len {
+        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()) as usize;
+        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
+        if alen < 4 || at + alen > len {
+            break;
+        }
+        let data = &msg[at + 4..at + alen];
+        match aty {
+            IFLA_ADDRESS if data.len() == 6 => link.mac.copy_from_slice(data),
+            IFLA_MASTER if data.len() == 4 => {
+                link.master = Some(u32::from_ne_bytes(data.try_into().unwrap()))
+            }
+            _ => {}
+        }
+        at += (alen + 3) & !3;
+    }
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_a_zero_mac_and_no_master() {
+        let l = link(1).expect("rtnetlink works without privileges");
+        assert_eq!(l.index, 1);
+        assert_eq!(l.mac, [0; 6]);
+        assert_eq!(l.master, None);
+    }
+
+    #[test]
+    fn a_missing_interface_is_an_error() {
+        assert!(link(u32::MAX - 7).is_err());
+    }
+}
