@@ -184,30 +184,10 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
             .load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
-    program::<CgroupSock>(&mut ebpf, SOCK_CREATE)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: SOCK_CREATE,
-            source,
-        })?;
-    program::<CgroupSockopt>(&mut ebpf, SETSOCKOPT)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: SETSOCKOPT,
-            source,
-        })?;
-    program::<SockOps>(&mut ebpf, SOCK_OPS)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: SOCK_OPS,
-            source,
-        })?;
-    program::<CgroupSkb>(&mut ebpf, SKB_EGRESS)?
-        .load()
-        .map_err(|source| LoadError::Program {
-            name: SKB_EGRESS,
-            source,
-        })?;
+    with_program::<CgroupSock>(&mut ebpf, SOCK_CREATE, |p| p.load())?;
+    with_program::<CgroupSockopt>(&mut ebpf, SETSOCKOPT, |p| p.load())?;
+    with_program::<SockOps>(&mut ebpf, SOCK_OPS, |p| p.load())?;
+    with_program::<CgroupSkb>(&mut ebpf, SKB_EGRESS, |p| p.load())?;
     let lsm = load_lsm(&mut ebpf);
     let mut pinned = Vec::new();
     for name in [INBOUND_MAP, FRAGS_MAP, NEIGH_MAP] {
@@ -263,41 +243,17 @@ impl Loaded {
         })?;
         // The second line first: by the time connect() is judged, sockets are
         // already tagged and packets already checked.
-        program::<SockOps>(&mut self.ebpf, SOCK_OPS)?
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program {
-                name: SOCK_OPS,
-                source,
-            })?;
-        program::<CgroupSkb>(&mut self.ebpf, SKB_EGRESS)?
-            .attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .map_err(|source| LoadError::Program {
-                name: SKB_EGRESS,
-                source,
-            })?;
-        program::<CgroupSockopt>(&mut self.ebpf, SETSOCKOPT)?
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program {
-                name: SETSOCKOPT,
-                source,
-            })?;
-        program::<CgroupSock>(&mut self.ebpf, SOCK_CREATE)?
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program {
-                name: SOCK_CREATE,
-                source,
-            })?;
+        let single = CgroupAttachMode::Single;
+        let ebpf = &mut self.ebpf;
+        with_program::<SockOps>(ebpf, SOCK_OPS, |p| p.attach(&cgroup, single).map(drop))?;
+        with_program::<CgroupSkb>(ebpf, SKB_EGRESS, |p| {
+            p.attach(&cgroup, CgroupSkbAttachType::Egress, single)
+                .map(drop)
+        })?;
+        with_program::<CgroupSockopt>(ebpf, SETSOCKOPT, |p| p.attach(&cgroup, single).map(drop))?;
+        with_program::<CgroupSock>(ebpf, SOCK_CREATE, |p| p.attach(&cgroup, single).map(drop))?;
         if self.lsm {
-            program::<LsmCgroup>(&mut self.ebpf, LSM_SOCKET_CREATE)?
-                .attach(&cgroup)
-                .map_err(|source| LoadError::Program {
-                    name: LSM_SOCKET_CREATE,
-                    source,
-                })?;
+            with_program::<LsmCgroup>(ebpf, LSM_SOCKET_CREATE, |p| p.attach(&cgroup).map(drop))?;
         }
         for name in PROGRAMS {
             program::<CgroupSockAddr>(&mut self.ebpf, name)?
@@ -370,6 +326,18 @@ impl Loaded {
             .try_into()
             .expect("a classifier")
     }
+}
+
+/// Runs `f` (load, attach) on a program of the object, naming it in the error.
+fn with_program<'a, P: 'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    f: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    f(program::<P>(ebpf, name)?).map_err(|source| LoadError::Program { name, source })
 }
 
 /// A program of the object by name, as its type.

@@ -447,8 +447,11 @@ spec:
         .find(|r| r.ok)
         .expect("the view applies once the agent knows the cgroup");
     let learned_after = Duration::from_millis(first_ok.t_ms.unwrap().saturating_sub(created_ms));
+    eprintln!("the re-created cgroup got its own view {learned_after:?} after its creation");
+    // The agent learns it from the inotify event of its creation (measured
+    // here: 2-4 ms from mkdir to the first connection through the view).
     assert!(
-        learned_after < Duration::from_secs(1),
+        learned_after <= Duration::from_millis(50),
         "learned after {learned_after:?}"
     );
     assert!(ext1.hit_count() >= 1);

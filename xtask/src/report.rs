@@ -286,7 +286,7 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
          namespace, both on a bridge in a \"node\" namespace (veth pairs, 198.18.0.0/24); the \
          loopback variant has client and server in the pod namespace on 127.0.0.1.\n\
          - Mechanisms: **none** (client → server directly); **egress** (the agent, REGISTRY_ONLY, \
-         client → VIP rewritten to the server, with traffic counters on the pod veth); **iptables** \
+         client → VIP rewritten to the server, with the interface line and traffic counters on the pod veth; **egress (no counters)**: no `interface` configured, so neither); **iptables** \
          (nat OUTPUT DNAT rules, the matching rule after *n* unrelated ones, filter OUTPUT \
          allow-list then REJECT with TCP reset); **nftables** (a DNAT map of *n*+2 elements and an \
          allow set, then reject); **haproxy** (TCP proxy in the pod namespace on 127.0.0.1, the \
