@@ -539,6 +539,21 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     state.log_enforcement();
+    if !loaded.refuses_packet_sockets() {
+        for w in &state.config.workloads {
+            if w.interface.is_none()
+                && state.config.socket_flags(w) & egress_common::WL_SOCK_PACKET == 0
+            {
+                warn!(
+                    namespace = %w.namespace,
+                    name = %w.name,
+                    "no interface configured and AF_PACKET cannot be refused at socket() here: \
+                     a process of this workload holding CAP_NET_RAW can send raw frames; \
+                     set workloads[].interface to hold them to the registry"
+                );
+            }
+        }
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::dns::resolver::run(

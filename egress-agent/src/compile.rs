@@ -464,6 +464,18 @@ pub fn compile(
                     mac: i.mac,
                     bridge_mac: i.bridge_mac,
                     _pad: [0; 4],
+                    v6_prefix: w
+                        .config
+                        .addresses()
+                        .find_map(|a| match a {
+                            IpAddr::V6(v6) => Some(v6.octets()),
+                            IpAddr::V4(_) => None,
+                        })
+                        .map_or([0; 8], |o| {
+                            let mut p = [0u8; 8];
+                            p.copy_from_slice(&o[..8]);
+                            p
+                        }),
                 },
             );
         }

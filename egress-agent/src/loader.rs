@@ -264,6 +264,11 @@ impl Loaded {
         Ok(())
     }
 
+    /// AF_PACKET and other non-IP families are refused at `socket()`.
+    pub fn refuses_packet_sockets(&self) -> bool {
+        self.lsm
+    }
+
     pub fn attached_at(&self) -> Option<&Path> {
         self.attached_at.as_deref()
     }

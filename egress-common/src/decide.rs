@@ -127,6 +127,8 @@ pub fn transport_label(layer: Layer, family: u32, port: u16, proto: u8) -> &'sta
             51 => "ah",
             132 => "sctp",
             136 => "udplite",
+            PSEUDO_NON_IP => "non_ip",
+            PSEUDO_ARP => "arp",
             _ => "other",
         },
     }
@@ -155,6 +157,11 @@ pub fn stat_has_port(k: &StatKey) -> bool {
         _ => true,
     }
 }
+
+/// Pseudo protocol numbers (the experimental range of RFC 3692, never a real
+/// packet's) that name non-IP frames refused on an interface.
+pub const PSEUDO_NON_IP: u8 = 253;
+pub const PSEUDO_ARP: u8 = 254;
 
 /// The stats key's protocol of a refused `setsockopt()` (IP protocol 255 is
 /// reserved: no packet carries it); its port is `level << 8 | optname`.

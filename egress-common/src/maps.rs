@@ -439,8 +439,11 @@ pub struct IfaceValue {
     pub mac: [u8; 6],
     pub bridge_mac: [u8; 6],
     pub _pad: [u8; 4],
+    /// The /64 of the workload's first IPv6 address (zero: none): neighbour
+    /// solicitations of the workload are for addresses of its own link.
+    pub v6_prefix: [u8; 8],
 }
-const _: () = assert!(size_of::<IfaceValue>() == 32);
+const _: () = assert!(size_of::<IfaceValue>() == 40);
 
 /// Key of [`NEIGH_MAP`].
 #[repr(C)]

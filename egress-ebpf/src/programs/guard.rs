@@ -4,6 +4,8 @@
 //! (TC) — holds whatever produced a packet.
 
 use super::*;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::PerCpuArray;
 
 /// A socket's tag (socket-local storage), or null when it has none.
 #[inline(always)]
@@ -346,7 +348,13 @@ pub(super) const FRAG_WHOLE: u8 = 0;
 pub(super) const FRAG_FIRST: u8 = 1;
 pub(super) const FRAG_LATER: u8 = 2;
 
+/// Scratch space for the interface check's parsed packet (per CPU; one slot per
+/// direction): the BPF stack of a call chain is 512 bytes in all.
+#[map]
+static EGRESS_SCRATCH: PerCpuArray<Pkt> = PerCpuArray::with_max_entries(2, 0);
+
 /// The headers the checks and the counters need.
+#[derive(Clone, Copy)]
 pub(super) struct Pkt {
     pub proto: u8,
     pub src: Addr,
@@ -359,6 +367,8 @@ pub(super) struct Pkt {
     pub hop_limit: u8,
     /// IPv6: the ICMPv6 (or other upper layer) follows the fixed header directly.
     pub plain: bool,
+    /// IPv6: traffic class and flow label are zero.
+    pub plain_header: bool,
     /// IPv6 payload length / IPv4 total length minus its header.
     pub ip_payload: u16,
     /// Where the upper-layer header starts, and its payload.
@@ -369,6 +379,9 @@ pub(super) struct Pkt {
     /// `FRAG_*`, and the datagram's id when fragmented.
     pub frag: u8,
     pub frag_id: u32,
+    /// The frame's link-layer source and destination (interface check).
+    pub src_mac: u64,
+    pub dst_mac: u64,
 }
 
 const NH_HOPOPTS: u8 = 0;
@@ -389,12 +402,15 @@ impl Pkt {
         icmp_type: 0,
         hop_limit: 0,
         plain: true,
+        plain_header: true,
         ip_payload: 0,
         l4_at: 0,
         payload_at: 0,
         source_route: false,
         frag: FRAG_WHOLE,
         frag_id: 0,
+        src_mac: 0,
+        dst_mac: 0,
     };
 }
 
@@ -433,6 +449,7 @@ pub(super) fn parse_ip<B: Bytes>(b: &B, base: usize, v6: bool, p: &mut Pkt) -> b
         }
         let mut nh = h[6];
         p.hop_limit = h[7];
+        p.plain_header = h[0] & 0x0f == 0 && h[1] == 0 && h[2] == 0 && h[3] == 0;
         p.ip_payload = u16::from_be_bytes([h[4], h[5]]);
         let mut i = 0;
         while i < 16 {
@@ -567,6 +584,11 @@ fn own_address(w: &WorkloadValue, addr: &Addr) -> bool {
     unsafe { EGRESS_WLIPS.get(addr).copied() }.is_some_and(|o| o.workload_id == w.workload_id)
 }
 
+/// Pseudo protocol numbers (from the experimental range, RFC 3692) that name
+/// non-IP frames in the access log and the counters.
+const PSEUDO_NON_IP: u8 = decide::PSEUDO_NON_IP;
+const PSEUDO_ARP: u8 = decide::PSEUDO_ARP;
+
 const SKB_PASS: i32 = 1;
 const SKB_DROP: i32 = 0;
 const TCP_LISTEN: u32 = 10;
@@ -603,7 +625,11 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     };
     let mut p = Pkt::EMPTY;
     if !parse_ip(ctx, 0, v6, &mut p) {
-        return Err(());
+        // Headers that cannot be read (an extension header running past the
+        // end): a packet's making, dropped whatever `failOpen` says.
+        bump(Counter::ErrSkbEgress);
+        bump(Counter::PacketsDropped);
+        return Ok(SKB_DROP);
     }
     let tag = tag_of(sk.cast());
     if !tag.is_null() {
@@ -782,6 +808,10 @@ const V_COUNT: u8 = 1;
 const V_DROP: u8 = 2;
 /// Drop without an access-log line (multicast listener reports).
 const V_DROP_QUIET: u8 = 3;
+/// Neighbour discovery, to be judged by `nd_verdict`.
+const V_ND: u8 = 4;
+/// `check_sent`'s answer for neighbour discovery (not a TC verdict).
+const ND_PENDING: i32 = 100;
 
 impl Verdict {
     const PASS: Verdict = Verdict {
@@ -828,50 +858,187 @@ pub(super) fn tc_sent(ctx: &TcContext) -> Result<i32, ()> {
         count_frame(ctx, DIR_SENT);
         return Ok(TCX_NEXT);
     };
-    let mut p = Pkt::EMPTY;
-    let mut v = Verdict::PASS;
-    if check_sent(ctx, ifindex, &iface, &mut p, &mut v) != 0 {
-        return Err(());
+    let mut ethertype = [0u8; 2];
+    if ctx.fixed(12, &mut ethertype) && u16::from_be_bytes(ethertype) == ETH_P_ARP {
+        let verdict = arp_check(ctx, ifindex, &iface);
+        if verdict == TC_ACT_SHOT
+            && let Some(p) = EGRESS_SCRATCH.get_ptr_mut(u32::from(DIR_SENT))
+        {
+            // SAFETY: this CPU's slot, filled by arp_check.
+            refuse_packet(
+                &iface.workload,
+                Reason::PacketCheck,
+                unsafe { &*p },
+                Layer::InterfacePacket,
+                true,
+            );
+        }
+        return Ok(verdict);
     }
-    match v.kind {
-        V_PASS => Ok(TCX_NEXT),
-        V_COUNT => {
-            count_packet(ctx, iface.workload.workload_id, v.service_id, &p, DIR_SENT);
-            Ok(TCX_NEXT)
-        }
-        V_DROP_QUIET => {
-            bump(Counter::MldDropped);
-            Ok(TC_ACT_SHOT)
-        }
-        _ => {
-            if v.parsed != 0 {
-                let reason = Reason::from_u8(v.reason).unwrap_or(Reason::PacketCheck);
-                refuse_packet(&iface.workload, reason, &p, Layer::InterfacePacket, true);
-            } else {
-                bump(Counter::PacketsDropped);
-            }
-            Ok(TC_ACT_SHOT)
-        }
+    let verdict = check_sent(ctx, ifindex, &iface);
+    if verdict != ND_PENDING {
+        return Ok(verdict);
+    }
+    let Some(p) = EGRESS_SCRATCH.get_ptr_mut(u32::from(DIR_SENT)) else {
+        return Ok(TC_ACT_SHOT);
+    };
+    // SAFETY: this CPU's slot, filled by check_sent.
+    let p = unsafe { &*p };
+    if nd_verdict(ctx, ifindex, &iface, p) == 1 {
+        return Ok(TCX_NEXT);
+    }
+    refuse_packet(
+        &iface.workload,
+        Reason::PacketCheck,
+        p,
+        Layer::InterfacePacket,
+        true,
+    );
+    Ok(TC_ACT_SHOT)
+}
+
+/// [`parse_ip`] of a frame, in a function of its own (its buffers off the
+/// caller's stack); 1 when parsed.
+#[inline(never)]
+fn parse_tc(ctx: &TcContext, v6: bool, p: &mut Pkt) -> i32 {
+    i32::from(parse_ip(ctx, ETH_HLEN, v6, p))
+}
+
+/// The MAC announced to the workload for `addr` on `ifindex` (0: none).
+#[inline(always)]
+fn announced(ifindex: u32, addr: &Addr) -> u64 {
+    let key = NeighKey {
+        ifindex,
+        _pad: 0,
+        addr: *addr,
+    };
+    // SAFETY: the value is copied out immediately.
+    match unsafe { EGRESS_NEIGH.get(key) } {
+        Some(n) => link::mac_u64(&n.mac),
+        None => 0,
     }
 }
 
-/// Judges one frame into `out`; non-zero when its headers cannot be read. (A
-/// function of its own for the stack's sake, so it returns a plain integer: the
+/// An ARP frame of the workload: passed when it is what a kernel sends, else
+/// dropped and logged. (Functions of their own, so their buffers do not add to
+/// the stack of the others.)
+#[inline(never)]
+fn arp_check(ctx: &TcContext, ifindex: u32, iface: &IfaceValue) -> i32 {
+    let mut eth = [0u8; 12];
+    let mut arp = [0u8; link::ARP_LEN];
+    if !ctx.fixed(0, &mut eth) || !ctx.bytes(ETH_HLEN, &mut arp) {
+        bump(Counter::PacketsDropped);
+        return TC_ACT_SHOT;
+    }
+    let frame_len = ctx.len();
+    let mut padding = [0u8; 18];
+    let frame = link::ArpFrame {
+        frame_len,
+        padding_zero: frame_len != link::MIN_FRAME
+            || (ctx.bytes(42, &mut padding) && padding == [0u8; 18]),
+        dst_mac: link::mac_u64(&[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]]),
+        src_mac: link::mac_u64(&[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]]),
+    };
+    let node = (link::mac_u64(&iface.mac), link::mac_u64(&iface.bridge_mac));
+    let w = &iface.workload;
+    if link::arp_ok(
+        &arp,
+        &frame,
+        |x| own_address(w, x),
+        |x| announced(ifindex, x),
+        node,
+    ) {
+        return TCX_NEXT;
+    }
+    if let Some(p) = EGRESS_SCRATCH.get_ptr_mut(u32::from(DIR_SENT)) {
+        // SAFETY: this CPU's slot for the sent direction.
+        let p = unsafe { &mut *p };
+        *p = Pkt::EMPTY;
+        p.proto = PSEUDO_ARP;
+        p.dst = v4_mapped([arp[24], arp[25], arp[26], arp[27]]);
+    }
+    TC_ACT_SHOT
+}
+
+/// A neighbour-discovery message of the workload: 1 when it is what a kernel
+/// sends.
+#[inline(never)]
+fn nd_verdict(ctx: &TcContext, ifindex: u32, iface: &IfaceValue, p: &Pkt) -> i32 {
+    let mut target = [0u8; 16];
+    let mut option = [0u8; 8];
+    let fixed = if p.icmp_type == link::ICMPV6_ROUTER_SOLICIT {
+        8
+    } else {
+        if !ctx.bytes(p.l4_at + 8, &mut target) {
+            return 0;
+        }
+        24
+    };
+    if p.ip_payload > fixed && !ctx.bytes(p.l4_at + usize::from(fixed), &mut option) {
+        return 0;
+    }
+    let nd = link::Nd {
+        icmp_type: p.icmp_type,
+        hop_limit: p.hop_limit,
+        payload_len: p.ip_payload,
+        frame_len: ctx.len(),
+        plain: p.plain,
+        plain_header: p.plain_header,
+        src: p.src,
+        dst: p.dst,
+        target,
+        option,
+        src_mac: p.src_mac,
+        dst_mac: p.dst_mac,
+    };
+    let w = &iface.workload;
+    i32::from(link::nd_ok(
+        &nd,
+        |a| own_address(w, a),
+        |a| announced(ifindex, a),
+        &iface.v6_prefix,
+    ))
+}
+
+/// Judges, counts or refuses one frame of an enforced workload; the TC verdict.
+/// (A function of its own for the stack's sake, returning a plain integer: the
 /// verifier refuses a returned pointer to the caller's stack.)
 #[inline(never)]
-fn check_sent(
-    ctx: &TcContext,
-    ifindex: u32,
-    iface: &IfaceValue,
-    p: &mut Pkt,
-    out: &mut Verdict,
-) -> i32 {
-    match judge_sent(ctx, ifindex, iface, p) {
-        Ok(v) => {
-            *out = v;
-            0
+fn check_sent(ctx: &TcContext, ifindex: u32, iface: &IfaceValue) -> i32 {
+    let Some(p) = EGRESS_SCRATCH.get_ptr_mut(u32::from(DIR_SENT)) else {
+        bump(Counter::ErrTcEnforce);
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: this CPU's slot for the sent direction; a TC program does not
+    // nest with itself on one CPU.
+    let p = unsafe { &mut *p };
+    let Ok(v) = judge_sent(ctx, ifindex, iface, p) else {
+        // Headers that cannot be read are a pod's making, not an internal
+        // error: dropped whatever `failOpen` says.
+        bump(Counter::ErrTcEnforce);
+        bump(Counter::PacketsDropped);
+        return TC_ACT_SHOT;
+    };
+    match v.kind {
+        V_PASS => TCX_NEXT,
+        V_COUNT => {
+            count_packet(ctx, iface.workload.workload_id, v.service_id, p, DIR_SENT);
+            TCX_NEXT
         }
-        Err(()) => -1,
+        V_DROP_QUIET => {
+            bump(Counter::MldDropped);
+            TC_ACT_SHOT
+        }
+        V_ND => ND_PENDING,
+        _ => {
+            if v.parsed != 0 {
+                let reason = Reason::from_u8(v.reason).unwrap_or(Reason::PacketCheck);
+                refuse_packet(&iface.workload, reason, p, Layer::InterfacePacket, true);
+            } else {
+                bump(Counter::PacketsDropped);
+            }
+            TC_ACT_SHOT
+        }
     }
 }
 
@@ -888,26 +1055,29 @@ fn judge_sent(
         return Err(());
     }
     let dst_mac = link::mac_u64(&[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]]);
+    let src_mac = link::mac_u64(&[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]]);
+    let node = (link::mac_u64(&iface.mac), link::mac_u64(&iface.bridge_mac));
+    // SAFETY: context field. A tag the kernel took off into the packet's
+    // metadata: VLAN frames are not IP the registry can judge.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        p.proto = PSEUDO_NON_IP;
+        return Ok(Verdict::drop(Reason::PacketCheck, true));
+    }
     let v6 = match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETH_P_ARP => {
-            let mut arp = [0u8; link::ARP_LEN];
-            let ok = ctx.bytes(ETH_HLEN, &mut arp)
-                && link::arp_ok(&arp, ctx.len(), |a| own_address(w, a));
-            return Ok(if ok {
-                Verdict::PASS
-            } else {
-                Verdict::drop(Reason::Spoofed, false)
-            });
-        }
         ETH_P_IP => false,
         ETH_P_IPV6 => true,
-        // VLAN, MPLS, PPPoE, anything a device in the pod could frame: not IP
-        // the registry can judge.
-        _ => return Ok(Verdict::drop(Reason::PacketCheck, false)),
+        // MPLS, PPPoE, anything a device in the pod could frame: not IP the
+        // registry can judge.
+        _ => {
+            p.proto = PSEUDO_NON_IP;
+            return Ok(Verdict::drop(Reason::PacketCheck, true));
+        }
     };
-    if !parse_ip(ctx, ETH_HLEN, v6, p) {
+    if parse_tc(ctx, v6, p) == 0 {
         return Err(());
     }
+    p.src_mac = src_mac;
+    p.dst_mac = dst_mac;
     // Multicast listener reports: the pod's kernel sends them by itself when its
     // addresses come up; their group addresses are the only data they carry, and
     // nothing in a pod needs them. Dropped and counted, not logged.
@@ -917,27 +1087,13 @@ fn judge_sent(
             ..Verdict::PASS
         });
     }
-    // Neighbour discovery: only what a kernel sends, and nothing else of
+    // Neighbour discovery: exactly what a kernel sends, and nothing else of
     // ICMPv6's link-local kind (router advertisements, redirects).
     if p.proto == PROTO_ICMPV6 && (133..=137).contains(&p.icmp_type) {
-        let mut target = [0u8; 16];
-        if p.icmp_type != link::ICMPV6_ROUTER_SOLICIT && !ctx.bytes(p.l4_at + 8, &mut target) {
-            return Ok(Verdict::drop(Reason::Spoofed, true));
-        }
-        let nd = link::Nd {
-            icmp_type: p.icmp_type,
-            hop_limit: p.hop_limit,
-            payload_len: p.ip_payload,
-            plain: p.plain,
-            dst: p.dst,
-            target,
-        };
-        let ok = link::nd_ok(&nd, |a| own_address(w, a))
-            && (own_address(w, &p.src) || link::is_link_local_v6(&p.src) || p.src == [0u8; 16]);
-        return Ok(if ok {
-            Verdict::PASS
-        } else {
-            Verdict::drop(Reason::Spoofed, true)
+        // Judged by nd_verdict, called from the program's top for the stack.
+        return Ok(Verdict {
+            kind: V_ND,
+            ..Verdict::PASS
         });
     }
     // Its own addresses only: a forged source would have others answer to
@@ -950,19 +1106,8 @@ fn judge_sent(
     }
     // The frame goes to the node, which routes, or to the neighbour the network
     // announced for this very address: not routed through another host.
-    let neigh = NeighKey {
-        ifindex,
-        _pad: 0,
-        addr: p.dst,
-    };
-    // SAFETY: the value is copied out immediately.
-    let announced = match unsafe { EGRESS_NEIGH.get(neigh) } {
-        Some(n) => link::mac_u64(&n.mac),
-        None => 0,
-    };
-    let node = (link::mac_u64(&iface.mac), link::mac_u64(&iface.bridge_mac));
-    if !link::next_hop_ok(dst_mac, &p.dst, node, announced) {
-        return Ok(Verdict::drop(Reason::Spoofed, true));
+    if !link::next_hop_ok(dst_mac, &p.dst, node, announced(ifindex, &p.dst)) {
+        return Ok(Verdict::drop(Reason::PacketCheck, true));
     }
     if p.frag == FRAG_LATER {
         let key = frag_key(p);
@@ -973,6 +1118,17 @@ fn judge_sent(
             Verdict::drop(Reason::PacketCheck, true)
         });
     }
+    let service_id = allowed_dest(w, p);
+    if service_id < 0 {
+        return Ok(Verdict::drop(Reason::PacketCheck, true));
+    }
+    Ok(Verdict::count(service_id as u32))
+}
+
+/// Where the workload's packet may go: the service it is allowed for (0: none
+/// in particular), or -1. A first fragment allowed lets its later ones follow.
+#[inline(never)]
+fn allowed_dest(w: &WorkloadValue, p: &Pkt) -> i64 {
     let allowed = match p.proto {
         PROTO_ICMP | PROTO_ICMPV6 => {
             let reply = matches!(
@@ -1014,12 +1170,12 @@ fn judge_sent(
         _ => None,
     };
     let Some(service_id) = allowed else {
-        return Ok(Verdict::drop(Reason::PacketCheck, true));
+        return -1;
     };
     if p.frag == FRAG_FIRST {
         let _ = EGRESS_FRAGS.insert(frag_key(p), 1u8, 0);
     }
-    Ok(Verdict::count(service_id))
+    i64::from(service_id)
 }
 
 #[inline(always)]
@@ -1035,7 +1191,7 @@ fn frag_key(p: &Pkt) -> FragKey {
 
 /// Did the remote end open this flow (`local_port`/`remote_port` 0: any flow
 /// with that peer, for ICMP replies and errors)?
-#[inline(always)]
+#[inline(never)]
 fn inbound(p: &Pkt, local_port: u16, remote_port: u16) -> bool {
     let key = FlowKey {
         local: p.src,
@@ -1083,18 +1239,22 @@ pub(super) fn tc_received(ctx: &TcContext) {
         ETH_P_IPV6 => true,
         _ => return,
     };
-    let mut p = Pkt::EMPTY;
-    if !parse_ip(ctx, ETH_HLEN, v6, &mut p) {
+    let Some(p) = EGRESS_SCRATCH.get_ptr_mut(u32::from(DIR_RECEIVED)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot for the received direction.
+    let p = unsafe { &mut *p };
+    if !parse_ip(ctx, ETH_HLEN, v6, p) {
         return;
     }
     if p.proto == PROTO_ICMPV6
         && (p.icmp_type == link::ICMPV6_NEIGHBOR_ADVERT
             || p.icmp_type == link::ICMPV6_NEIGHBOR_SOLICIT)
     {
-        learn_nd(ctx, ifindex, &p);
+        learn_nd(ctx, ifindex, p);
     }
-    record_inbound(&p);
-    count_parsed(ctx, DIR_RECEIVED, &p);
+    record_inbound(p);
+    count_parsed(ctx, DIR_RECEIVED, p);
 }
 
 /// Learns the neighbour a solicitation or advertisement to the workload names.
@@ -1207,7 +1367,7 @@ fn count_parsed(ctx: &TcContext, dir: u8, p: &Pkt) {
 }
 
 /// Adds one packet and its L4 payload to the traffic counters.
-#[inline(always)]
+#[inline(never)]
 fn count_packet(ctx: &TcContext, workload_id: u32, service_id: u32, p: &Pkt, dir: u8) {
     if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
         return;
