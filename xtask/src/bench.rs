@@ -885,6 +885,7 @@ fn previous_ratios() -> Option<Value> {
     let old: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     Some(json!({
         "seconds": old["seconds"],
+        "source": "the bench/results.json this run replaced",
         "ratios": crate::report::egress_ratios(&old),
     }))
 }
@@ -892,7 +893,23 @@ fn previous_ratios() -> Option<Value> {
 /// Renders BENCHMARKS.md and the plots again from bench/results.json.
 pub fn rerender() -> Result<()> {
     let dir = workspace_root().join("bench");
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+    let mut results: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+    // `EGRESS_BENCH_PREVIOUS=FILE`: compare with that run's results instead (e.g.
+    // `git show REV:bench/results.json > FILE` for the numbers of a release).
+    if let Some(prev) = std::env::var_os("EGRESS_BENCH_PREVIOUS") {
+        let old: Value = serde_json::from_str(&std::fs::read_to_string(&prev)?)?;
+        results["previous"] = json!({
+            "seconds": old["seconds"],
+            "source": std::env::var("EGRESS_BENCH_PREVIOUS_LABEL")
+                .unwrap_or_else(|_| prev.to_string_lossy().into_owned()),
+            "ratios": crate::report::egress_ratios(&old),
+        });
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
+    }
     let plan = results["plan_summary"]
         .as_str()
         .or(results["plan"].as_str())

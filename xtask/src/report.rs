@@ -212,10 +212,13 @@ fn previous_section(o: &mut String, results: &Value) {
         return;
     };
     let now = egress_ratios(results);
+    let source = results["previous"]["source"]
+        .as_str()
+        .unwrap_or("the bench/results.json this run replaced");
     let _ = writeln!(
         o,
-        "\n## Against the previous run\n\negress' ratios to **none** in this run and in the run \
-         `bench/results.json` held before it (a different build of egress, same machine kind).\n\n\
+        "\n## Against the previous run\n\negress' ratios to **none** in this run and in an earlier \
+         run on the same machine kind ({source}).\n\n\
          | mechanism | n | rate now | rate before | p99 now | p99 before | throughput now | throughput before |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|"
     );
