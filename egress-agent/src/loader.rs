@@ -158,6 +158,18 @@ impl Drop for Loaded {
 
 /// Loads the programs and maps into the kernel.
 pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
+    let pin_path = opts.pin_path.clone();
+    let loaded = load_pinned(opts);
+    if loaded.is_err()
+        && let Some(dir) = &pin_path
+    {
+        // Nothing half-pinned is left behind by a start that failed.
+        unpin_all(dir);
+    }
+    loaded
+}
+
+fn load_pinned(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
     let fail_open = u8::from(opts.fail_open);
     let pin = opts.pin_path.as_deref();
     if let Some(dir) = pin {
