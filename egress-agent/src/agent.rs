@@ -692,6 +692,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     drop(loaded);
     let _ = std::fs::remove_file(state.config.catalog_file());
     let _ = std::fs::remove_dir(state.config.run_dir.join(&state.config.instance));
+    // The run directory too, when no other instance uses it.
+    let _ = std::fs::remove_dir(&state.config.run_dir);
     info!(
         cgroup = at.as_deref().unwrap_or(""),
         "programs detached; exiting"

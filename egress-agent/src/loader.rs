@@ -140,12 +140,17 @@ where
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-/// Removes the pin files of `dir` (ours from an earlier run, or this run's).
+/// Removes the pin files of `dir` (ours from an earlier run, or this run's),
+/// the directory, and its parent (`pinDir`) when no other instance uses it.
 fn unpin_all(dir: &Path) {
     for name in ALL_MAPS {
         let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
+    if let Some(parent) = dir.parent() {
+        // Fails, as it should, while another instance's pins are there.
+        let _ = std::fs::remove_dir(parent);
+    }
 }
 
 impl Drop for Loaded {

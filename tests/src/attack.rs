@@ -292,8 +292,56 @@ fn nft(netns: &std::path::Path, args: &[&str], script: Option<&str>) -> std::io:
 /// IPv6 neighbour discovery from a watched address is counted apart (`nd6`), so a
 /// blocked pod resolving the receiver's MAC does not count as an escape.
 pub struct PacketCounter {
+    table: NetdevTable,
+}
+
+/// An nftables `netdev` table of its own in a namespace, with named counters;
+/// deleted on drop.
+struct NetdevTable {
     netns: PathBuf,
-    table: String,
+    name: String,
+}
+
+impl NetdevTable {
+    /// Loads `script(name)`, which declares `table netdev NAME { ... }`.
+    fn load(ns: &Netns, script: impl FnOnce(&str) -> String) -> Self {
+        let name = unique("egcnt");
+        nft(&ns.path(), &["-f", "-"], Some(&script(&name))).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            netns: ns.path(),
+            name,
+        }
+    }
+
+    /// Every counter of the table: name → packets.
+    fn counters(&self) -> std::collections::HashMap<String, u64> {
+        let out = nft(
+            &self.netns,
+            &["-j", "list", "counters", "table", "netdev", &self.name],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                let c = o.get("counter")?;
+                Some((c["name"].as_str()?.to_owned(), c["packets"].as_u64()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for NetdevTable {
+    fn drop(&mut self) {
+        let _ = nft(
+            &self.netns,
+            &["delete", "table", "netdev", &self.name],
+            None,
+        );
+    }
 }
 
 impl PacketCounter {
@@ -303,7 +351,6 @@ impl PacketCounter {
 
     /// Watches several sources (e.g. a pod's IPv4 and IPv6 addresses).
     pub fn with_sources(ns: &Netns, iface: &str, from: &[IpAddr]) -> Self {
-        let table = unique("egatk");
         let v4: Vec<String> = from
             .iter()
             .filter(|a| a.is_ipv4())
@@ -330,37 +377,20 @@ impl PacketCounter {
                  \t\tip6 saddr {{ {set} }} counter name \"v6\"\n"
             ));
         }
-        let script = format!(
-            "table netdev {table} {{\n\
-             \tcounter v4 {{ }}\n\tcounter v6 {{ }}\n\tcounter nd6 {{ }}\n\tcounter rt6 {{ }}\n\tcounter opt4 {{ }}\n\
-             \tchain ingress {{\n\
-             \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
-             {rules}\t}}\n}}\n"
-        );
-        nft(&ns.path(), &["-f", "-"], Some(&script)).unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            netns: ns.path(),
-            table,
-        }
+        let table = NetdevTable::load(ns, |table| {
+            format!(
+                "table netdev {table} {{\n\
+                 \tcounter v4 {{ }}\n\tcounter v6 {{ }}\n\tcounter nd6 {{ }}\n\tcounter rt6 {{ }}\n\tcounter opt4 {{ }}\n\
+                 \tchain ingress {{\n\
+                 \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
+                 {rules}\t}}\n}}\n"
+            )
+        });
+        Self { table }
     }
 
     fn counters(&self) -> std::collections::HashMap<String, u64> {
-        let out = nft(
-            &self.netns,
-            &["-j", "list", "counters", "table", "netdev", &self.table],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| {
-                let c = o.get("counter")?;
-                Some((c["name"].as_str()?.to_owned(), c["packets"].as_u64()?))
-            })
-            .collect()
+        self.table.counters()
     }
 
     /// IPv4 and IPv6 packets from the watched sources (neighbour discovery aside).
@@ -406,21 +436,10 @@ impl PacketCounter {
     }
 }
 
-impl Drop for PacketCounter {
-    fn drop(&mut self) {
-        let _ = nft(
-            &self.netns,
-            &["delete", "table", "netdev", &self.table],
-            None,
-        );
-    }
-}
-
 /// Counts the frames matching one nftables expression arriving at an interface
 /// of the receiving namespace (netdev ingress), in a table of its own.
 pub struct NftCounter {
-    netns: PathBuf,
-    table: String,
+    table: NetdevTable,
 }
 
 /// TCP SYNs (without ACK) for one destination address.
@@ -429,17 +448,14 @@ pub type SynCounter = NftCounter;
 impl NftCounter {
     /// `expr` is an nftables match, e.g. `ether type arp meta length > 100`.
     pub fn matching(ns: &Netns, iface: &str, expr: &str) -> Self {
-        let table = unique("egcnt");
-        let script = format!(
-            "table netdev {table} {{\n\tcounter syn {{ }}\n\tchain ingress {{\n\
-             \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
-             \t\t{expr} counter name \"syn\"\n\t}}\n}}\n"
-        );
-        nft(&ns.path(), &["-f", "-"], Some(&script)).unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            netns: ns.path(),
-            table,
-        }
+        let table = NetdevTable::load(ns, |table| {
+            format!(
+                "table netdev {table} {{\n\tcounter hits {{ }}\n\tchain ingress {{\n\
+                 \t\ttype filter hook ingress device \"{iface}\" priority -500; policy accept;\n\
+                 \t\t{expr} counter name \"hits\"\n\t}}\n}}\n"
+            )
+        });
+        Self { table }
     }
 
     pub fn new(ns: &Netns, iface: &str, dst: IpAddr) -> Self {
@@ -457,29 +473,7 @@ impl NftCounter {
     }
 
     pub fn syns(&self) -> u64 {
-        let out = nft(
-            &self.netns,
-            &["-j", "list", "counter", "netdev", &self.table, "syn"],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|o| o.get("counter")?["packets"].as_u64())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for NftCounter {
-    fn drop(&mut self) {
-        let _ = nft(
-            &self.netns,
-            &["delete", "table", "netdev", &self.table],
-            None,
-        );
+        self.table.counters().get("hits").copied().unwrap_or(0)
     }
 }
 

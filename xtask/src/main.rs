@@ -193,7 +193,7 @@ fn test(filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// Namespaces and cgroups the tests create, still present after they ran.
+/// Namespaces, cgroups and pins the tests create, still present after they ran.
 fn leftover_test_resources() -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(list) = sh_output("ip", &["netns", "list"]) {
@@ -213,6 +213,12 @@ fn leftover_test_resources() -> Vec<String> {
                 .filter(|n| n.starts_with("egress-test-"))
                 .map(|n| format!("cgroup {n}")),
         );
+    }
+    // Pins of the agents the tests and the bench ran (their default pinDir): a
+    // leftover would hide a start-up that fails to clean up.
+    let pins = Path::new("/sys/fs/bpf/egress");
+    if pins.exists() {
+        out.push(format!("pin directory {}", pins.display()));
     }
     out
 }
