@@ -1,6 +1,9 @@
-//! `egress-agent run`: read the configuration and the registry, load and fill the
-//! maps, attach, then keep the kernel in step with the files (hot reload, as a
-//! diff) and the workloads until SIGTERM/SIGINT, when every program is detached.
+//! `egress-agent run`: read the configuration and the registry, load the programs
+//! and adopt what an earlier agent pinned (maps with their content, links), bring
+//! the maps to the registry as a diff, switch the links to the new programs, then
+//! keep the kernel in step with the files (hot reload, as a diff) and the
+//! workloads. SIGTERM/SIGINT leave everything attached (fail static) unless
+//! `onExit: uninstall`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::alloc::{self, Remembered};
 use crate::catalog::Catalog;
 use crate::compile::{Ids, compile, dns_names};
-use crate::config::Config;
+use crate::config::{Config, OnExit};
 use crate::dns::DnsTables;
 use crate::dns::resolver::{HickoryResolve, Resolved, Tracker};
 use crate::istio::Level;
@@ -195,6 +198,14 @@ struct State {
     names: watch::Sender<BTreeSet<String>>,
     /// The DNS proxy's tables.
     dns_tables: watch::Sender<Arc<DnsTables>>,
+    /// Ids assigned when they were last saved.
+    ids_saved: usize,
+    /// What the last successful sync put in the kernel (revocation compares).
+    applied: Option<crate::compile::Desired>,
+    /// Destroys revoked connections; None where the kernel cannot.
+    revoker: Option<crate::revoke::Revoker>,
+    /// The access log.
+    sink: Arc<std::sync::Mutex<crate::events::Sink>>,
 }
 
 impl State {
@@ -218,11 +229,20 @@ impl State {
                 true
             }
         });
+        if self.ids.assigned() != self.ids_saved {
+            match save_ids(&self.config.ids_file(), &self.ids) {
+                Ok(()) => self.ids_saved = self.ids.assigned(),
+                Err(e) => {
+                    warn!(file = %self.config.ids_file().display(), "cannot save the id assignments: {e}")
+                }
+            }
+        }
         let catalog = Catalog::from_ids(&self.ids);
         if let Err(e) = catalog.write(&self.config.catalog_file()) {
             warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
         }
-        *self.catalog.write().expect("catalog lock") = catalog;
+        let old_catalog =
+            std::mem::replace(&mut *self.catalog.write().expect("catalog lock"), catalog);
         let result = self.syncer.sync(&desired, &mut self.maps);
         let elapsed = started.elapsed();
         self.metrics
@@ -236,6 +256,7 @@ impl State {
         }
         match result {
             Ok(st) => {
+                self.revoke(desired, &old_catalog);
                 self.metrics.syncs.with_label_values(&["ok"]).inc();
                 if st.written + st.deleted > 0 {
                     info!(
@@ -252,6 +273,78 @@ impl State {
                 Err(e.into())
             }
         }
+    }
+
+    /// Destroys the established connections whose destination left a
+    /// workload's view between the last applied state and `desired` (now in
+    /// the kernel), logging and counting each one.
+    fn revoke(&mut self, desired: crate::compile::Desired, catalog: &Catalog) {
+        let old = self.applied.replace(desired);
+        let (Some(old), Some(revoker), true) = (old, &self.revoker, self.config.revoke_established)
+        else {
+            return;
+        };
+        let new = self.applied.as_ref().expect("just set");
+        if old.workloads == new.workloads
+            && old.services == new.services
+            && old.cidrs == new.cidrs
+            && old.policy_cidrs == new.policy_cidrs
+        {
+            return;
+        }
+        let started = Instant::now();
+        let (revoked, failed) = revoker.revoke(&old, new, &self.workloads);
+        for (netns, why) in failed {
+            warn!(netns = %netns.display(), "cannot revoke connections in this network namespace: {why}");
+        }
+        if revoked.is_empty() {
+            return;
+        }
+        let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
+        let time = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut sink = self.sink.lock().expect("sink lock");
+        for r in &revoked {
+            let workload = old
+                .workloads
+                .get(&r.workload_key)
+                .and_then(|w| catalog.workload(w.workload_id));
+            let (namespace, name) = workload
+                .map(|w| (w.namespace.clone(), w.name.clone()))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+            let host = catalog.service(r.service_id).map(|s| s.host.clone());
+            let record = crate::events::Record {
+                time: time.clone(),
+                verdict: "revoked",
+                reason: "view_changed",
+                pid: 0,
+                process: String::new(),
+                cgroup_id: r.cgroup_id,
+                namespace: namespace.clone(),
+                workload: name.clone(),
+                destination: Some(r.dest),
+                port: Some(r.port),
+                transport: if r.proto == egress_common::PROTO_UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                },
+                layer: "established",
+                host: host.clone(),
+                matched: "",
+            };
+            if let Err(e) = sink.write(&record) {
+                error!("cannot write the access log: {e}");
+            }
+            self.metrics
+                .revoked
+                .with_label_values(&[&namespace, &name, host.as_deref().unwrap_or("")])
+                .inc();
+        }
+        info!(
+            revoked = revoked.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "established connections revoked"
+        );
     }
 
     /// Re-reads the configuration directory; keeps the old registry on failure.
@@ -344,6 +437,34 @@ impl State {
                 "workload"
             );
         }
+    }
+}
+
+/// Saves the id assignments atomically.
+fn save_ids(path: &Path, ids: &Ids) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&ids.saved()).expect("serialisable"),
+    )?;
+    std::fs::rename(tmp, path)
+}
+
+/// The saved id assignments, if they are usable.
+fn load_ids(path: &Path) -> Ids {
+    let saved: Option<crate::compile::SavedIds> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    match saved {
+        Some(s) if s.is_dense() => Ids::restore(s),
+        Some(_) => {
+            warn!(file = %path.display(), "id assignments not dense: starting afresh");
+            Ids::default()
+        }
+        None => Ids::default(),
     }
 }
 
@@ -449,6 +570,31 @@ fn watch_cgroups(
     Some((watcher, rx))
 }
 
+/// Ends enforcement of the instance `config` names: detaches every pinned
+/// link, removes the pins and the instance's run files. Returns the number of
+/// links detached.
+pub fn uninstall(config: &Config) -> Result<usize, AgentError> {
+    let detached = loader::uninstall(&config.pin_path())?;
+    let _ = std::fs::remove_file(config.catalog_file());
+    let _ = std::fs::remove_file(config.pid_file());
+    let _ = std::fs::remove_dir(config.run_dir.join(&config.instance));
+    // The run directory too, when no other instance uses it.
+    let _ = std::fs::remove_dir(&config.run_dir);
+    Ok(detached)
+}
+
+/// The pid of the running agent of this instance, from its pid file, if that
+/// process is alive and is an egress-agent.
+pub fn running_pid(config: &Config) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(config.pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.trim().starts_with("egress-agent").then_some(pid)
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     crate::preflight::check(&config.cgroup_path)?;
@@ -459,6 +605,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         );
     }
     let mut sigterm = signal(SignalKind::terminate())?;
+    if let Some(dir) = config.pid_file().parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(config.pid_file(), format!("{}\n", std::process::id()))?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
     let metrics = Metrics::new();
@@ -475,13 +625,34 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
 
     let interval_ns = 1_000_000_000 / u64::from(config.access_log.rate_per_second);
-    let sink = crate::events::Sink::open(config.access_log.path.as_deref())?;
+    let sink = Arc::new(std::sync::Mutex::new(crate::events::Sink::open(
+        config.access_log.path.as_deref(),
+    )?));
+    let object = match std::env::var_os("EGRESS_BPF_OBJECT") {
+        Some(path) => Some(std::fs::read(&path).map_err(|e| {
+            AgentError::Io(std::io::Error::other(format!(
+                "EGRESS_BPF_OBJECT {}: {e}",
+                PathBuf::from(&path).display()
+            )))
+        })?),
+        None => None,
+    };
     let (mut loaded, maps, telemetry) = loader::load(LoadOptions {
         fail_open: config.fail_open,
         event_interval_ns: interval_ns,
         event_burst_ns: interval_ns * u64::from(config.access_log.burst),
-        pin_path: Some(config.pin_path()),
+        pin_path: config.pin_path(),
+        object,
     })?;
+    // What an earlier agent left enforcing: the sync below is a diff against it.
+    let kernel = maps.read()?;
+    let adopted_entries = kernel.entries();
+    let syncer = Syncer::adopt(kernel);
+    let ids = if loaded.adoption.adopted_maps.is_empty() {
+        Ids::default()
+    } else {
+        load_ids(&config.ids_file())
+    };
     let catalog = Arc::new(RwLock::new(Catalog::default()));
 
     // Resolve DNS endpoints once before the first sync, so their VIPs work from
@@ -509,8 +680,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         registry,
         remembered: memory,
         workloads: Vec::new(),
-        ids: Ids::default(),
-        syncer: Syncer::new(),
+        ids_saved: ids.assigned(),
+        applied: None,
+        revoker: None,
+        sink: sink.clone(),
+        ids,
+        syncer,
         maps,
         catalog: catalog.clone(),
         metrics: metrics.clone(),
@@ -524,10 +699,29 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             warn!(namespace = %w.namespace, name = %w.name, cgroup = %w.cgroup.display(), "workload cgroup does not exist yet; not enforced until it does");
         }
     }
-    // Fill the maps before attaching: the first connect() already sees the registry.
+    // Fill the maps before attaching: the first connect() already sees the
+    // registry. An adopted dataplane keeps enforcing its last state meanwhile.
+    let started = Instant::now();
     state.sync()?;
     release_memory();
     loaded.attach(&state.config.cgroup_path)?;
+    let a = &loaded.adoption;
+    info!(
+        adopted_maps = a.adopted_maps.len(),
+        adopted_entries,
+        new_maps = a.new_maps.len(),
+        migrated_maps = %a.migrated_maps.join(","),
+        links_updated = a.updated_links,
+        programs_changed = a.changed_programs,
+        links_created = a.new_links,
+        micros = started.elapsed().as_micros() as u64,
+        "{}",
+        if a.adopted() {
+            "adopted the pinned dataplane"
+        } else {
+            "attached a new dataplane"
+        }
+    );
     let interfaces: Vec<String> = state
         .config
         .workloads
@@ -552,6 +746,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                      set workloads[].interface to hold them to the registry"
                 );
             }
+        }
+    }
+
+    if state.config.revoke_established {
+        match crate::revoke::Revoker::new(&state.config.pin_path()) {
+            Ok(r) => state.revoker = Some(r),
+            Err(e) => warn!(
+                "cannot revoke established connections ({e}): this needs bpf_sock_destroy \
+                 and socket iterators (kernel 6.5 or later); a connection opened while its \
+                 destination was allowed runs until it closes"
+            ),
         }
     }
 
@@ -635,8 +840,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     loop {
         let mut due = false;
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM"); break; }
+            _ = sigint.recv() => { info!("SIGINT"); break; }
             Some(()) = cgroup_changes.recv() => {
                 while cgroup_changes.try_recv().is_ok() {}
                 if state.refresh_workloads() {
@@ -688,15 +893,24 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     }
     tasks.abort_all();
+    let _ = std::fs::remove_file(state.config.pid_file());
     let at = loaded.attached_at().map(|p| p.display().to_string());
     drop(loaded);
-    let _ = std::fs::remove_file(state.config.catalog_file());
-    let _ = std::fs::remove_dir(state.config.run_dir.join(&state.config.instance));
-    // The run directory too, when no other instance uses it.
-    let _ = std::fs::remove_dir(&state.config.run_dir);
-    info!(
-        cgroup = at.as_deref().unwrap_or(""),
-        "programs detached; exiting"
-    );
+    match state.config.on_exit {
+        OnExit::Keep => {
+            info!(
+                cgroup = at.as_deref().unwrap_or(""),
+                pins = %state.config.pin_path().display(),
+                "exiting; enforcement stays in force with the last synced state (fail static)"
+            );
+        }
+        OnExit::Uninstall => {
+            uninstall(&state.config)?;
+            info!(
+                cgroup = at.as_deref().unwrap_or(""),
+                "onExit: uninstall: programs detached, pins removed; exiting"
+            );
+        }
+    }
     Ok(())
 }

@@ -62,6 +62,12 @@ pub enum Command {
         #[arg(long)]
         to: String,
     },
+    /// End enforcement: detach every program the instance pinned and remove its
+    /// pins. Stopping the agent does not (fail static); this does.
+    Uninstall {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Dump the live maps of a running agent in readable form.
     Inspect {
         #[arg(long, short)]

@@ -215,6 +215,28 @@ pub struct Ids {
     pub workload_meta: BTreeMap<u32, WorkloadMeta>,
 }
 
+/// [`Ids`] as stored in the state directory.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedIds {
+    pub services: Vec<(String, String, u32)>,
+    pub views: Vec<(String, u32)>,
+    pub workloads: Vec<(String, String, u32)>,
+}
+
+impl SavedIds {
+    /// Ids whose numbers are not dense from 1 are not restored (a hand-edited
+    /// or damaged file): new ids would collide with them.
+    pub fn is_dense(&self) -> bool {
+        fn dense(mut ids: Vec<u32>) -> bool {
+            ids.sort_unstable();
+            ids.iter().enumerate().all(|(i, id)| *id == i as u32 + 1)
+        }
+        dense(self.services.iter().map(|e| e.2).collect())
+            && dense(self.views.iter().map(|e| e.1).collect())
+            && dense(self.workloads.iter().map(|e| e.2).collect())
+    }
+}
+
 fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) -> u32 {
     let n = map.len() as u32 + 1;
     *map.entry(key).or_insert(n)
@@ -237,6 +259,51 @@ impl Ids {
             },
         );
         id
+    }
+
+    /// The id assignments, to be saved: an agent that adopts a pinned dataplane
+    /// restores them so that the entries it finds match what it compiles.
+    pub fn saved(&self) -> SavedIds {
+        let mut s = SavedIds {
+            services: self
+                .services
+                .iter()
+                .map(|((ns, h), id)| (ns.clone(), h.clone(), *id))
+                .collect(),
+            views: self.views.iter().map(|(k, id)| (k.clone(), *id)).collect(),
+            workloads: self
+                .workloads
+                .iter()
+                .map(|((ns, n), id)| (ns.clone(), n.clone(), *id))
+                .collect(),
+        };
+        s.services.sort_by_key(|e| e.2);
+        s.views.sort_by_key(|e| e.1);
+        s.workloads.sort_by_key(|e| e.2);
+        s
+    }
+
+    /// Ids as saved; ids are dense from 1, so new ones continue after them.
+    pub fn restore(saved: SavedIds) -> Self {
+        Self {
+            services: saved
+                .services
+                .into_iter()
+                .map(|(ns, h, id)| ((ns, h), id))
+                .collect(),
+            views: saved.views.into_iter().collect(),
+            workloads: saved
+                .workloads
+                .into_iter()
+                .map(|(ns, n, id)| ((ns, n), id))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// How many ids are assigned (a change means they are due to be saved).
+    pub fn assigned(&self) -> usize {
+        self.services.len() + self.views.len() + self.workloads.len()
     }
 
     fn view(&mut self, key: &str) -> u32 {

@@ -170,9 +170,25 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     run_dir: Option<PathBuf>,
+    #[serde(default)]
+    on_exit: OnExit,
+    revoke_established: Option<bool>,
     dns: Option<RawDns>,
     #[serde(default)]
     resolver: RawResolver,
+}
+
+/// `onExit:` — what the agent leaves when it stops on SIGTERM or SIGINT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnExit {
+    /// Programs stay attached and maps pinned with the last synced state (fail
+    /// static); the next agent adopts them. A crash or `kill -9` always does this.
+    #[default]
+    Keep,
+    /// Detach every program and remove every pin, as `egress-agent uninstall`
+    /// does (test sandboxes, demos).
+    Uninstall,
 }
 
 /// `accessLog:` — one JSON line per denied or audited attempt.
@@ -338,6 +354,11 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// The id → name catalog for `inspect` lives in `<runDir>/<instance>/`.
     pub run_dir: PathBuf,
+    /// What SIGTERM/SIGINT leave behind.
+    pub on_exit: OnExit,
+    /// Destroy a workload's established connections to a destination that left
+    /// its view (default true; it only acts on REGISTRY_ONLY refusals).
+    pub revoke_established: bool,
     /// The DNS proxy; none when `dns:` is absent (no capture).
     pub dns: Option<DnsSettings>,
     pub resolver: ResolverConfig,
@@ -385,6 +406,16 @@ impl Config {
     /// Where this instance pins its maps.
     pub fn pin_path(&self) -> PathBuf {
         self.pin_dir.join(&self.instance)
+    }
+
+    /// The id assignments, kept with the pinned maps they number.
+    pub fn ids_file(&self) -> PathBuf {
+        self.state_dir.join(&self.instance).join("ids.json")
+    }
+
+    /// The running agent's pid, for `inspect` and `uninstall`.
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join(&self.instance).join("agent.pid")
     }
 
     /// The catalog written for `inspect`.
@@ -585,9 +616,12 @@ impl Config {
                 .unwrap_or_else(|| vec!["*".into()]),
             root_namespace: raw.root_namespace.unwrap_or_else(|| "istio-system".into()),
             instance,
+            // All three resolve the same way: absolute, or relative to this file.
             state_dir: base.join(raw.state_dir.unwrap_or_else(|| "/var/lib/egress".into())),
-            pin_dir: raw.pin_dir.unwrap_or_else(|| "/sys/fs/bpf/egress".into()),
-            run_dir: raw.run_dir.unwrap_or_else(|| "/run/egress".into()),
+            pin_dir: base.join(raw.pin_dir.unwrap_or_else(|| "/sys/fs/bpf/egress".into())),
+            run_dir: base.join(raw.run_dir.unwrap_or_else(|| "/run/egress".into())),
+            on_exit: raw.on_exit,
+            revoke_established: raw.revoke_established.unwrap_or(true),
             path: path.to_owned(),
             outbound: raw.outbound_traffic_policy.mode,
             cgroup_path,

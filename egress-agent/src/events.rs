@@ -142,7 +142,7 @@ impl Sink {
 pub async fn run(
     ring: RingBuf<MapData>,
     catalog: Arc<RwLock<Catalog>>,
-    mut sink: Sink,
+    sink: Arc<std::sync::Mutex<Sink>>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns it,
     // and always reports the same fd.
@@ -155,7 +155,7 @@ pub async fn run(
         while let Some(item) = ring.next() {
             let Some(ev) = decode(&item) else { continue };
             let rec = record(&ev, &catalog.read().expect("catalog lock"), now_boot, now);
-            if let Err(e) = sink.write(&rec) {
+            if let Err(e) = sink.lock().expect("sink lock").write(&rec) {
                 tracing::error!("cannot write the access log: {e}");
             }
             log(&rec);

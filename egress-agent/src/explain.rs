@@ -68,7 +68,7 @@ pub fn parse_target(s: &str) -> Result<Target, ExplainError> {
 }
 
 /// The compiled maps in memory, answering like the kernel and noting each lookup.
-struct Sim<'a> {
+pub(crate) struct Sim<'a> {
     desired: &'a Desired,
     sets: Vec<Arc<BackendSet>>,
     set_ids: HashMap<Arc<BackendSet>, u32>,
@@ -96,7 +96,19 @@ fn show_prefix(a: &Addr, bits_on_v6: u32) -> String {
 }
 
 impl<'a> Sim<'a> {
-    fn new(desired: &'a Desired, cgroup: u64, catalog: &'a Catalog) -> Self {
+    /// How the kernel would classify `c` from the cgroup `cgroup` (no notes kept).
+    pub(crate) fn judge(
+        &mut self,
+        cgroup: u64,
+        c: &egress_common::decide::Connect,
+    ) -> Result<egress_common::decide::Outcome, egress_common::decide::Error> {
+        self.cgroup = cgroup;
+        let out = egress_common::decide::classify(self, c);
+        self.trace.get_mut().clear();
+        out
+    }
+
+    pub(crate) fn new(desired: &'a Desired, cgroup: u64, catalog: &'a Catalog) -> Self {
         let mut sets = Vec::new();
         let mut set_ids = HashMap::new();
         let all = desired

@@ -113,6 +113,10 @@ pub struct StatRow {
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub pins: PathBuf,
+    /// The pid of the agent that owns the pins, when one is running. None: the
+    /// pinned programs enforce the last synced state with no agent (fail
+    /// static); nothing is learned or reloaded until an agent starts.
+    pub owner_pid: Option<u32>,
     pub workloads: Vec<WorkloadRow>,
     pub services: Vec<ServiceRow>,
     pub cidrs: Vec<CidrRow>,
@@ -123,7 +127,11 @@ pub struct Snapshot {
 }
 
 /// Reads the live maps pinned in `pins`, named with the catalog at `catalog`.
-pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
+pub fn snapshot(
+    pins: &Path,
+    catalog: &Path,
+    owner_pid: Option<u32>,
+) -> Result<Snapshot, InspectError> {
     let cat = Catalog::read(catalog).unwrap_or_default();
     let view = |id: u32| {
         cat.views
@@ -327,6 +335,7 @@ pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
     });
     Ok(Snapshot {
         traffic,
+        owner_pid,
         pins: pins.to_owned(),
         workloads,
         services,
@@ -339,7 +348,19 @@ pub fn snapshot(pins: &Path, catalog: &Path) -> Result<Snapshot, InspectError> {
 
 pub fn render_text(s: &Snapshot) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "live maps pinned at {}\n", s.pins.display());
+    let _ = writeln!(o, "live maps pinned at {}", s.pins.display());
+    match s.owner_pid {
+        Some(pid) => {
+            let _ = writeln!(o, "owned by the running agent, pid {pid}\n");
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "no agent is running: the pinned programs enforce the last synced state \
+                 (fail static); `egress-agent run` adopts them, `egress-agent uninstall` removes them\n"
+            );
+        }
+    }
     let _ = writeln!(o, "workloads ({}):", WORKLOADS_MAP);
     for w in &s.workloads {
         let audit = if w.audit { ", audit" } else { "" };

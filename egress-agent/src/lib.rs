@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod bpfsys;
 pub mod catalog;
 pub mod check;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod netlink;
 pub mod preflight;
 pub mod registry;
+pub mod revoke;
 pub mod scope;
 pub mod store;
 pub mod sync;

@@ -1,16 +1,17 @@
-//! Loads the eBPF object into the kernel, hands out its maps, attaches the cgroup
-//! programs, and detaches them when dropped.
+//! Loads the eBPF object into the kernel, hands out its maps, and attaches the
+//! programs through links pinned with the maps under the pin directory: they stay
+//! attached when the agent exits or crashes (fail static), and the next agent
+//! adopts them ([`load`], [`Loaded::attach`]); [`uninstall`] ends enforcement.
 
 use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{
     Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
 };
-use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt,
-    LsmCgroup, SchedClassifier, SockOps, TcAttachType,
+    CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, SchedClassifier, SockOps,
 };
 use aya::{Ebpf, EbpfLoader};
 use egress_common::addr::Addr;
@@ -101,16 +102,47 @@ pub struct TelemetryMaps {
     pub rate: PerCpuHashMap<MapData, u32, RateBucket>,
 }
 
-/// A loaded (not yet attached) set of programs. Dropping it detaches everything
-/// and removes the pins.
+/// What a start found pinned and what it did with it.
+#[derive(Clone, Debug, Default)]
+pub struct Adoption {
+    /// Maps opened from their pins, content kept.
+    pub adopted_maps: Vec<String>,
+    /// Maps created (nothing was pinned).
+    pub new_maps: Vec<String>,
+    /// Maps whose pinned layout differs: a new map is filled, then the programs
+    /// switch to it, then the old one goes.
+    pub migrated_maps: Vec<String>,
+    /// Links found pinned whose program was replaced in place.
+    pub updated_links: usize,
+    /// ... of which the program's instructions differ (an upgrade).
+    pub changed_programs: usize,
+    /// Links created.
+    pub new_links: usize,
+}
+
+impl Adoption {
+    /// Did this start find an enforcing dataplane?
+    pub fn adopted(&self) -> bool {
+        self.updated_links > 0
+    }
+}
+
+/// A loaded set of programs whose links and maps are pinned under the pin
+/// directory. Dropping it closes the agent's descriptors only: what is pinned
+/// stays attached and enforcing (fail static) until [`uninstall`].
 pub struct Loaded {
     ebpf: Ebpf,
     attached_at: Option<PathBuf>,
-    pin_path: Option<PathBuf>,
-    /// Interfaces with counters attached: name → (ifindex, sent link, received link).
-    tc: std::collections::BTreeMap<String, (u32, SchedClassifierLinkId, SchedClassifierLinkId)>,
+    pin_path: PathBuf,
+    /// Pinned links held open: pin file name → link.
+    links: std::collections::BTreeMap<String, OwnedFd>,
+    /// Interfaces with the packet line attached: name → ifindex.
+    tc: std::collections::BTreeMap<String, u32>,
     /// The per-cgroup BPF LSM program loaded (the kernel runs the BPF LSM).
     lsm: bool,
+    /// Map pins replaced by a migration, removed once the programs switched.
+    retired: Vec<PathBuf>,
+    pub adoption: Adoption,
     /// Maps only pinned (for inspect), never written by the agent.
     _pinned: Vec<aya::maps::Map>,
 }
@@ -122,75 +154,155 @@ pub struct LoadOptions {
     /// Access-log rate limit: nanoseconds per event, and burst credit.
     pub event_interval_ns: u64,
     pub event_burst_ns: u64,
-    /// Pin every map in this directory (for `egress-agent inspect`).
-    pub pin_path: Option<PathBuf>,
+    /// Where maps and links are pinned (`<pinDir>/<instance>`).
+    pub pin_path: PathBuf,
+    /// Load this object instead of the built-in one (development, upgrade tests).
+    pub object: Option<Vec<u8>>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str, pin: Option<&Path>) -> Result<T, LoadError>
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-    if let Some(dir) = pin {
-        map.pin(dir.join(name)).map_err(|e| LoadError::Pin {
-            path: dir.join(name),
-            reason: e.to_string(),
-        })?;
-    }
     T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
-/// Removes the pin files of `dir` (ours from an earlier run, or this run's),
-/// the directory, and its parent (`pinDir`) when no other instance uses it.
-fn unpin_all(dir: &Path) {
-    for name in ALL_MAPS {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    let _ = std::fs::remove_dir(dir);
-    if let Some(parent) = dir.parent() {
-        // Fails, as it should, while another instance's pins are there.
-        let _ = std::fs::remove_dir(parent);
+/// The record of what is pinned, beside the pins.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Layout {
+    /// [`MAP_LAYOUT_VERSION`] of the agent that pinned the maps.
+    pub layout: u32,
+    /// The agent version that last attached.
+    pub agent: String,
+    pub maps: std::collections::BTreeMap<String, crate::bpfsys::MapShape>,
+    /// Program name → tag (hex) of what the links run.
+    pub programs: std::collections::BTreeMap<String, String>,
+}
+
+/// The pin holding the [`Layout`] (JSON in a one-entry array map: bpffs holds
+/// nothing but bpf objects).
+pub const LAYOUT_PIN: &str = "layout";
+
+impl Layout {
+    pub fn read(dir: &Path) -> Option<Self> {
+        let bytes = crate::bpfsys::read_record(&dir.join(LAYOUT_PIN)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 }
 
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.pin_path {
-            unpin_all(dir);
+/// The pin name of a link. bpffs names have no dots.
+fn link_pin(what: &str) -> String {
+    format!("link_{}", what.replace('.', "_"))
+}
+
+/// Is `name` a map the object defines that is pinned (not a data section)?
+fn pinned_map_names(obj: &aya_obj::Object) -> Vec<(String, crate::bpfsys::MapShape)> {
+    let mut out: Vec<_> = obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                crate::bpfsys::MapShape {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries: m.max_entries(),
+                    flags: m.map_flags(),
+                },
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pin_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Makes the pin directory, on bpffs (mounting bpffs at /sys/fs/bpf when that is
+/// where it should be and nothing is mounted).
+fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !crate::bpfsys::is_bpffs(bpffs) {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            return Err(pin_err(
+                dir,
+                "/sys/fs/bpf is not a bpf filesystem and mounting one failed",
+            ));
         }
     }
+    std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
+    if !crate::bpfsys::is_bpffs(dir) {
+        return Err(pin_err(
+            dir,
+            "pinDir is not on a bpf filesystem (mount -t bpf bpf DIR, or use a directory under /sys/fs/bpf)",
+        ));
+    }
+    Ok(())
 }
 
-/// Loads the programs and maps into the kernel.
+/// Loads the programs and maps into the kernel, adopting what an earlier agent
+/// pinned: a pinned map of the same layout is reused with its content; one whose
+/// layout changed is replaced by a new map (migration). Nothing is attached or
+/// detached here; see [`Loaded::attach`].
 pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
-    let pin_path = opts.pin_path.clone();
-    let loaded = load_pinned(opts);
-    if loaded.is_err()
-        && let Some(dir) = &pin_path
-    {
-        // Nothing half-pinned is left behind by a start that failed.
-        unpin_all(dir);
+    let dir = opts.pin_path.clone();
+    prepare_pin_dir(&dir)?;
+    let bytes: &[u8] = opts.object.as_deref().unwrap_or(EBPF_OBJECT);
+    let obj = aya_obj::Object::parse(bytes)
+        .map_err(|e| pin_err(&dir, format!("parsing the eBPF object: {e}")))?;
+    let recorded = Layout::read(&dir);
+    let mut adoption = Adoption::default();
+    let mut retired = Vec::new();
+    let names = pinned_map_names(&obj);
+    for (name, want) in &names {
+        let path = dir.join(name);
+        let old = dir.join(format!("{name}_old"));
+        // A migration an earlier start did not finish: the old programs still
+        // hold that map; the pin itself is no longer needed.
+        let _ = std::fs::remove_file(&old);
+        let Ok(fd) = crate::bpfsys::obj_get(&path) else {
+            adoption.new_maps.push(name.clone());
+            continue;
+        };
+        let same = crate::bpfsys::map_shape(fd.as_fd()).is_ok_and(|s| s == *want)
+            && recorded
+                .as_ref()
+                .is_some_and(|r| r.layout == MAP_LAYOUT_VERSION && r.maps.get(name) == Some(want));
+        if same {
+            adoption.adopted_maps.push(name.clone());
+        } else {
+            std::fs::rename(&path, &old).map_err(|e| pin_err(&path, e))?;
+            retired.push(old);
+            adoption.migrated_maps.push(name.clone());
+        }
     }
-    loaded
-}
-
-fn load_pinned(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), LoadError> {
     let fail_open = u8::from(opts.fail_open);
-    let pin = opts.pin_path.as_deref();
-    if let Some(dir) = pin {
-        unpin_all(dir);
-        std::fs::create_dir_all(dir).map_err(|e| LoadError::Pin {
-            path: dir.to_owned(),
-            reason: e.to_string(),
-        })?;
-    }
     let interval = opts.event_interval_ns.max(1);
     let burst = opts.event_burst_ns.max(interval);
-    let mut ebpf = EbpfLoader::new()
+    let paths: Vec<(String, PathBuf)> = names
+        .iter()
+        .map(|(n, _)| (n.clone(), dir.join(n)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("FAIL_OPEN", &fail_open, true)
         .override_global("EVENT_INTERVAL_NS", &interval, true)
-        .override_global("EVENT_BURST_NS", &burst, true)
-        .load(EBPF_OBJECT)?;
+        .override_global("EVENT_BURST_NS", &burst, true);
+    for (name, path) in &paths {
+        loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    let mut ebpf = loader.load(bytes)?;
     for name in [TC_SENT, TC_RECEIVED] {
         program::<SchedClassifier>(&mut ebpf, name)?
             .load()
@@ -208,40 +320,36 @@ fn load_pinned(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps),
     let lsm = load_lsm(&mut ebpf);
     let mut pinned = Vec::new();
     for name in [INBOUND_MAP, FRAGS_MAP, NEIGH_MAP] {
-        let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-        if let Some(dir) = pin {
-            map.pin(dir.join(name)).map_err(|e| LoadError::Pin {
-                path: dir.join(name),
-                reason: e.to_string(),
-            })?;
-        }
-        pinned.push(map);
+        pinned.push(ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?);
     }
     let policy = PolicyMaps {
-        workloads: take(&mut ebpf, WORKLOADS_MAP, pin)?,
-        services: take(&mut ebpf, SERVICES_MAP, pin)?,
-        backends: take(&mut ebpf, BACKENDS_MAP, pin)?,
-        cidrs: take(&mut ebpf, CIDRS_MAP, pin)?,
-        policy: take(&mut ebpf, POLICY_CIDRS_MAP, pin)?,
-        dns: take(&mut ebpf, DNS_MAP, pin)?,
-        workload_ips: take(&mut ebpf, WORKLOAD_IPS_MAP, pin)?,
-        ifaces: take(&mut ebpf, IFACES_MAP, pin)?,
+        workloads: take(&mut ebpf, WORKLOADS_MAP)?,
+        services: take(&mut ebpf, SERVICES_MAP)?,
+        backends: take(&mut ebpf, BACKENDS_MAP)?,
+        cidrs: take(&mut ebpf, CIDRS_MAP)?,
+        policy: take(&mut ebpf, POLICY_CIDRS_MAP)?,
+        dns: take(&mut ebpf, DNS_MAP)?,
+        workload_ips: take(&mut ebpf, WORKLOAD_IPS_MAP)?,
+        ifaces: take(&mut ebpf, IFACES_MAP)?,
     };
     let telemetry = TelemetryMaps {
-        stats: take(&mut ebpf, STATS_MAP, pin)?,
-        counters: take(&mut ebpf, COUNTERS_MAP, pin)?,
-        events: take(&mut ebpf, EVENTS_MAP, pin)?,
-        learned: take(&mut ebpf, LEARNED_MAP, pin)?,
-        traffic: take(&mut ebpf, TRAFFIC_MAP, pin)?,
-        rate: take(&mut ebpf, RATE_MAP, pin)?,
+        stats: take(&mut ebpf, STATS_MAP)?,
+        counters: take(&mut ebpf, COUNTERS_MAP)?,
+        events: take(&mut ebpf, EVENTS_MAP)?,
+        learned: take(&mut ebpf, LEARNED_MAP)?,
+        traffic: take(&mut ebpf, TRAFFIC_MAP)?,
+        rate: take(&mut ebpf, RATE_MAP)?,
     };
     Ok((
         Loaded {
             ebpf,
             attached_at: None,
-            pin_path: opts.pin_path.clone(),
+            pin_path: dir,
+            links: Default::default(),
             tc: Default::default(),
             lsm,
+            retired,
+            adoption,
             _pinned: pinned,
         },
         policy,
@@ -249,36 +357,203 @@ fn load_pinned(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps),
     ))
 }
 
+/// Detaches every pinned link of the pin directory and removes every pin, the
+/// directory, and its parent (`pinDir`) when no other instance uses it. What
+/// `egress-agent uninstall` does; the only way enforcement ends.
+pub fn uninstall(dir: &Path) -> std::io::Result<usize> {
+    let mut detached = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    // Links first (enforcement ends), then the maps they used.
+    for path in &files {
+        let is_link = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"));
+        if is_link && let Ok(fd) = crate::bpfsys::obj_get(path) {
+            if crate::bpfsys::link_detach(fd.as_fd()).is_ok() {
+                detached += 1;
+            }
+            std::fs::remove_file(path)?;
+        }
+    }
+    for path in &files {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::remove_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        // Fails, as it should, while another instance's pins are there.
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(detached)
+}
+
+/// The cgroup programs in attach order, with their attach types. The second line
+/// first: by the time connect() is judged, sockets are already tagged and packets
+/// already checked.
+const CGROUP_HOOKS: &[(&str, u32)] = {
+    use crate::bpfsys::attach::*;
+    &[
+        (SOCK_OPS, CGROUP_SOCK_OPS),
+        (SKB_EGRESS, CGROUP_INET_EGRESS),
+        (SETSOCKOPT, CGROUP_SETSOCKOPT),
+        (SOCK_CREATE, CGROUP_INET_SOCK_CREATE),
+        (LSM_SOCKET_CREATE, LSM_CGROUP),
+        ("egress_connect4", CGROUP_INET4_CONNECT),
+        ("egress_connect6", CGROUP_INET6_CONNECT),
+        ("egress_getpeername4", CGROUP_INET4_GETPEERNAME),
+        ("egress_getpeername6", CGROUP_INET6_GETPEERNAME),
+        ("egress_sendmsg4", CGROUP_UDP4_SENDMSG),
+        ("egress_sendmsg6", CGROUP_UDP6_SENDMSG),
+        ("egress_recvmsg4", CGROUP_UDP4_RECVMSG),
+        ("egress_recvmsg6", CGROUP_UDP6_RECVMSG),
+    ]
+};
+
 impl Loaded {
-    /// Attaches every program at the cgroup directory `path` as a BPF link. Links
-    /// always coexist with other programs attached there (the kernel rejects the
-    /// multi-attach flag on link creation: the default mode is the right one).
+    /// Attaches every program at the cgroup directory `path` through links pinned
+    /// beside the maps. A link already pinned there (an earlier agent's) gets this
+    /// agent's program in one `BPF_LINK_UPDATE`: the hook is never empty. A link
+    /// pinned for another cgroup is replaced by a new one, created first. Links
+    /// coexist with other programs attached at the cgroup.
     pub fn attach(&mut self, path: &Path) -> Result<(), LoadError> {
         let cgroup = File::open(path).map_err(|source| LoadError::Cgroup {
             path: path.to_owned(),
             source,
         })?;
-        // The second line first: by the time connect() is judged, sockets are
-        // already tagged and packets already checked.
-        let single = CgroupAttachMode::Single;
-        let ebpf = &mut self.ebpf;
-        with_program::<SockOps>(ebpf, SOCK_OPS, |p| p.attach(&cgroup, single).map(drop))?;
-        with_program::<CgroupSkb>(ebpf, SKB_EGRESS, |p| {
-            p.attach(&cgroup, CgroupSkbAttachType::Egress, single)
-                .map(drop)
+        let cgroup_id = crate::workloads::cgroup_id(path).map_err(|source| LoadError::Cgroup {
+            path: path.to_owned(),
+            source,
         })?;
-        with_program::<CgroupSockopt>(ebpf, SETSOCKOPT, |p| p.attach(&cgroup, single).map(drop))?;
-        with_program::<CgroupSock>(ebpf, SOCK_CREATE, |p| p.attach(&cgroup, single).map(drop))?;
-        if self.lsm {
-            with_program::<LsmCgroup>(ebpf, LSM_SOCKET_CREATE, |p| p.attach(&cgroup).map(drop))?;
-        }
-        for name in PROGRAMS {
-            program::<CgroupSockAddr>(&mut self.ebpf, name)?
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { name, source })?;
+        for &(name, attach_type) in CGROUP_HOOKS {
+            if name == LSM_SOCKET_CREATE && !self.lsm {
+                continue;
+            }
+            let pin = link_pin(name);
+            if self.update_pinned(&pin, name, cgroup_id)? {
+                continue;
+            }
+            self.create_link(&pin, name, cgroup.as_raw_fd() as u32, attach_type)?;
         }
         self.attached_at = Some(path.to_owned());
+        self.finish_adoption();
         Ok(())
+    }
+
+    fn prog_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, LoadError> {
+        let prog = self.ebpf.program(name).ok_or(LoadError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        Ok(prog
+            .fd()
+            .map_err(|source| LoadError::Program { name, source })?
+            .as_fd())
+    }
+
+    /// Creates the link of program `name` at `target` and pins it as `pin`,
+    /// replacing (and detaching) whatever link was pinned under that name before.
+    fn create_link(
+        &mut self,
+        pin: &str,
+        name: &'static str,
+        target: u32,
+        attach_type: u32,
+    ) -> Result<(), LoadError> {
+        let path = self.pin_path.join(pin);
+        let prog = self.prog_fd(name)?;
+        let link = crate::bpfsys::link_create(prog, target, attach_type)
+            .map_err(|e| pin_err(&path, format!("BPF_LINK_CREATE of {name}: {e}")))?;
+        if let Ok(old) = crate::bpfsys::obj_get(&path) {
+            let _ = crate::bpfsys::link_detach(old.as_fd());
+        }
+        let _ = std::fs::remove_file(&path);
+        crate::bpfsys::obj_pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
+        self.adoption.new_links += 1;
+        self.links.insert(pin.to_owned(), link);
+        Ok(())
+    }
+
+    /// Gives the pinned link `pin` this agent's program `name` if it is attached to
+    /// `target`; `Ok(false)` if there is no such link (a stale pin is removed
+    /// once its replacement is pinned).
+    fn update_pinned(
+        &mut self,
+        pin: &str,
+        name: &'static str,
+        target: u64,
+    ) -> Result<bool, LoadError> {
+        let path = self.pin_path.join(pin);
+        let Ok(fd) = crate::bpfsys::obj_get(&path) else {
+            return Ok(false);
+        };
+        let info = crate::bpfsys::link_info(fd.as_fd()).map_err(|e| pin_err(&path, e))?;
+        if !info.attached || info.target != target {
+            return Ok(false);
+        }
+        let prog = self.prog_fd(name)?;
+        let old_tag = crate::bpfsys::prog_tag_by_id(info.prog_id).ok();
+        let new_tag = crate::bpfsys::prog_tag(prog.as_fd()).ok();
+        crate::bpfsys::link_update(fd.as_fd(), prog.as_fd())
+            .map_err(|e| pin_err(&path, format!("BPF_LINK_UPDATE: {e}")))?;
+        self.adoption.updated_links += 1;
+        if old_tag != new_tag {
+            self.adoption.changed_programs += 1;
+        }
+        self.links.insert(pin.to_owned(), fd);
+        Ok(true)
+    }
+
+    /// Once every program runs on the new maps: removes retired map pins and
+    /// records the layout beside the pins.
+    fn finish_adoption(&mut self) {
+        for old in self.retired.drain(..) {
+            let _ = std::fs::remove_file(old);
+        }
+        let mut layout = Layout {
+            layout: MAP_LAYOUT_VERSION,
+            agent: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Layout::default()
+        };
+        for (name, map) in self.ebpf.maps() {
+            let _ = map;
+            let Ok(fd) = crate::bpfsys::obj_get(&self.pin_path.join(name)) else {
+                continue;
+            };
+            if let Ok(shape) = crate::bpfsys::map_shape(fd.as_fd()) {
+                layout.maps.insert(name.to_owned(), shape);
+            }
+        }
+        for name in ALL_MAPS {
+            if let Ok(fd) = crate::bpfsys::obj_get(&self.pin_path.join(name))
+                && let Ok(shape) = crate::bpfsys::map_shape(fd.as_fd())
+            {
+                layout.maps.insert((*name).to_owned(), shape);
+            }
+        }
+        for (name, prog) in self.ebpf.programs() {
+            if let Ok(fd) = prog.fd()
+                && let Ok(tag) = crate::bpfsys::prog_tag(fd.as_fd())
+            {
+                layout.programs.insert(
+                    name.to_owned(),
+                    tag.iter().map(|b| format!("{b:02x}")).collect(),
+                );
+            }
+        }
+        let path = self.pin_path.join(LAYOUT_PIN);
+        let text = serde_json::to_vec(&layout).expect("serialisable");
+        if let Err(e) = crate::bpfsys::write_record(&path, &text) {
+            tracing::warn!(file = %path.display(), "cannot record the map layout: {e}");
+        }
     }
 
     /// AF_PACKET and other non-IP families are refused at `socket()`.
@@ -290,20 +565,25 @@ impl Loaded {
         self.attached_at.as_deref()
     }
 
-    /// Keeps the traffic counters attached to exactly `interfaces` (those that
-    /// exist): attaches to new or re-created ones, detaches from the others.
-    /// Returns the interfaces that could not be attached, with the reason.
+    /// Keeps the interface line attached to exactly `interfaces` (those that
+    /// exist), through pinned TCX links: adopts or attaches on new or re-created
+    /// interfaces, detaches from the others. Returns the interfaces that could not
+    /// be attached, with the reason.
     pub fn sync_tc(&mut self, interfaces: &[String]) -> Vec<(String, String)> {
         let mut failed = Vec::new();
         let current: Vec<String> = self.tc.keys().cloned().collect();
         for name in current {
             let index = ifindex(&name);
-            if !interfaces.contains(&name) || index != Some(self.tc[&name].0) {
-                let (_, sent, received) = self.tc.remove(&name).expect("present");
-                // A vanished interface took its links with it; detach errors
-                // then only say so.
-                let _ = self.classifier(TC_SENT).detach(sent);
-                let _ = self.classifier(TC_RECEIVED).detach(received);
+            if !interfaces.contains(&name) || index != Some(self.tc[&name]) {
+                let old = self.tc.remove(&name).expect("present");
+                for dir in ["sent", "received"] {
+                    let pin = link_pin(&format!("tc_{old}_{dir}"));
+                    if let Some(fd) = self.links.remove(&pin) {
+                        // A vanished interface took its link with it.
+                        let _ = crate::bpfsys::link_detach(fd.as_fd());
+                    }
+                    let _ = std::fs::remove_file(self.pin_path.join(pin));
+                }
             }
         }
         for name in interfaces {
@@ -314,22 +594,44 @@ impl Loaded {
                 failed.push((name.clone(), "no such interface (yet)".to_owned()));
                 continue;
             };
-            let sent = self.classifier(TC_SENT).attach(name, TcAttachType::Ingress);
-            let received = self
-                .classifier(TC_RECEIVED)
-                .attach(name, TcAttachType::Egress);
-            match (sent, received) {
-                (Ok(s), Ok(r)) => {
-                    self.tc.insert(name.clone(), (index, s, r));
+            let mut ok = true;
+            for (dir, prog, at) in [
+                ("sent", TC_SENT, crate::bpfsys::attach::TCX_INGRESS),
+                ("received", TC_RECEIVED, crate::bpfsys::attach::TCX_EGRESS),
+            ] {
+                let pin = link_pin(&format!("tc_{index}_{dir}"));
+                match self.update_pinned(&pin, prog, u64::from(index)) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed.push((name.clone(), e.to_string()));
+                        ok = false;
+                        break;
+                    }
                 }
-                (s, r) => {
-                    if let Ok(s) = s {
-                        let _ = self.classifier(TC_SENT).detach(s);
+                match self.create_link(&pin, prog, index, at) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        failed.push((name.clone(), format!("TCX attach failed: {e}")));
+                        ok = false;
+                        break;
                     }
-                    if let Ok(r) = r {
-                        let _ = self.classifier(TC_RECEIVED).detach(r);
+                }
+            }
+            if ok {
+                self.tc.insert(name.clone(), index);
+            }
+        }
+        // Interface links an earlier agent pinned for interfaces no longer
+        // configured (or gone): detached and unpinned.
+        if let Ok(entries) = std::fs::read_dir(&self.pin_path) {
+            for e in entries.flatten() {
+                let pin = e.file_name().to_string_lossy().into_owned();
+                if pin.starts_with("link_tc_") && !self.links.contains_key(&pin) {
+                    if let Ok(fd) = crate::bpfsys::obj_get(&e.path()) {
+                        let _ = crate::bpfsys::link_detach(fd.as_fd());
                     }
-                    failed.push((name.clone(), "TCX attach failed".to_owned()));
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -339,14 +641,6 @@ impl Loaded {
     /// Interfaces with traffic counters attached.
     pub fn tc_interfaces(&self) -> Vec<String> {
         self.tc.keys().cloned().collect()
-    }
-
-    fn classifier(&mut self, name: &'static str) -> &mut SchedClassifier {
-        self.ebpf
-            .program_mut(name)
-            .expect("loaded")
-            .try_into()
-            .expect("a classifier")
     }
 }
 
@@ -438,6 +732,44 @@ fn removed(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), 
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(map_err("delete from", map)(e)),
+    }
+}
+
+impl PolicyMaps {
+    /// Reads what the kernel holds (an adopted dataplane), for [`crate::sync::Syncer::adopt`].
+    pub fn read(&self) -> Result<crate::sync::KernelState, SyncError> {
+        let e = |map| map_err("read", map);
+        let mut k = crate::sync::KernelState::default();
+        for r in self.workloads.iter() {
+            let (key, v) = r.map_err(e(WORKLOADS_MAP))?;
+            k.workloads.insert(key, v);
+        }
+        for r in self.services.iter() {
+            let (key, v) = r.map_err(e(SERVICES_MAP))?;
+            k.services.insert(key, v);
+        }
+        for r in self.backends.iter() {
+            let (key, v) = r.map_err(e(BACKENDS_MAP))?;
+            k.backends.insert(key, v);
+        }
+        for r in self.cidrs.iter() {
+            let (key, v) = r.map_err(e(CIDRS_MAP))?;
+            k.cidrs.insert((key.prefix_len(), key.data()), v);
+        }
+        for r in self.policy.iter() {
+            let (key, v) = r.map_err(e(POLICY_CIDRS_MAP))?;
+            k.policy.insert((key.prefix_len(), key.data()), v);
+        }
+        k.dns = Some(self.dns.get(&0, 0).map_err(e(DNS_MAP))?);
+        for r in self.workload_ips.iter() {
+            let (key, v) = r.map_err(e(WORKLOAD_IPS_MAP))?;
+            k.workload_ips.insert(key, v);
+        }
+        for r in self.ifaces.iter() {
+            let (key, v) = r.map_err(e(IFACES_MAP))?;
+            k.ifaces.insert(key, v);
+        }
+        Ok(k)
     }
 }
 

@@ -44,9 +44,29 @@ fn main() -> anyhow::Result<ExitCode> {
             print!("{}", egress_agent::explain::explain(&config, &from, &to)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Uninstall { config } => {
+            let config = Config::load(&config)?;
+            if let Some(pid) = egress_agent::agent::running_pid(&config) {
+                eprintln!(
+                    "note: agent pid {pid} is still running; it keeps its own descriptors but \
+                     its programs are detached now"
+                );
+            }
+            let pins = config.pin_path();
+            let detached = egress_agent::agent::uninstall(&config)?;
+            println!(
+                "uninstalled {}: {detached} links detached, pins removed",
+                pins.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { config, output } => {
             let config = Config::load(&config)?;
-            let snap = egress_agent::inspect::snapshot(&config.pin_path(), &config.catalog_file())?;
+            let snap = egress_agent::inspect::snapshot(
+                &config.pin_path(),
+                &config.catalog_file(),
+                egress_agent::agent::running_pid(&config),
+            )?;
             match output {
                 Output::Text => print!("{}", egress_agent::inspect::render_text(&snap)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&snap)?),

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     pub kernel_counters: IntCounterVec,
     pub config_rejected: IntCounterVec,
+    /// Established connections destroyed because their destination left the
+    /// workload's view.
+    pub revoked: IntCounterVec,
     pub config_warnings: IntCounterVec,
     pub resources: IntGaugeVec,
     pub map_entries: IntGaugeVec,
@@ -83,6 +86,15 @@ impl Metrics {
                 "Kernel-side error and drop counters (program errors, dropped events, full maps)",
             ),
             &["counter"],
+        )
+        .expect("valid metric");
+        let revoked = IntCounterVec::new(
+            Opts::new(
+                "egress_revoked_connections_total",
+                "Established TCP connections and connected UDP sockets destroyed because their \
+                 destination left the workload's view",
+            ),
+            &["source_namespace", "source_workload", "destination_service"],
         )
         .expect("valid metric");
         let config_rejected = IntCounterVec::new(
@@ -243,6 +255,7 @@ impl Metrics {
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(kernel_counters.clone()),
             Box::new(config_rejected.clone()),
+            Box::new(revoked.clone()),
             Box::new(config_warnings.clone()),
             Box::new(resources.clone()),
             Box::new(map_entries.clone()),
@@ -272,6 +285,7 @@ impl Metrics {
             connections,
             kernel_counters,
             config_rejected,
+            revoked,
             config_warnings,
             resources,
             map_entries,

@@ -58,9 +58,92 @@ pub struct Syncer {
     dns: Option<DnsConfig>,
     workload_ips: HashMap<Addr, WorkloadValue>,
     ifaces: HashMap<u32, IfaceValue>,
+    /// Backend entries found in the kernel that nothing points to (a sync an
+    /// earlier agent did not finish): deleted by the next sync.
+    orphans: Vec<BackendKey>,
+}
+
+/// What the kernel holds in the policy maps, read back when an agent adopts a
+/// pinned dataplane.
+#[derive(Debug, Default)]
+pub struct KernelState {
+    pub workloads: HashMap<u64, WorkloadValue>,
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    pub backends: HashMap<BackendKey, Backend>,
+    pub cidrs: HashMap<CidrLpm, CidrValue>,
+    pub policy: HashMap<PolicyLpm, PolicyCidrValue>,
+    pub dns: Option<DnsConfig>,
+    pub workload_ips: HashMap<Addr, WorkloadValue>,
+    pub ifaces: HashMap<u32, IfaceValue>,
+}
+
+impl KernelState {
+    pub fn entries(&self) -> usize {
+        self.workloads.len()
+            + self.services.len()
+            + self.backends.len()
+            + self.cidrs.len()
+            + self.policy.len()
+            + self.workload_ips.len()
+            + self.ifaces.len()
+    }
 }
 
 impl Syncer {
+    /// A syncer that knows `kernel` is in the maps: the next sync writes only
+    /// what differs from it. Backend sets are rebuilt from the entries that point
+    /// at them; a set entry nothing points at is deleted by that sync.
+    pub fn adopt(kernel: KernelState) -> Self {
+        let mut s = Self::new();
+        let mut refs: Vec<(u32, u16, u16)> = kernel
+            .services
+            .values()
+            .map(|v| (v.set_id, v.slots, v.v4_slots))
+            .chain(
+                kernel
+                    .cidrs
+                    .values()
+                    .map(|v| (v.set_id, v.slots, v.v4_slots)),
+            )
+            .filter(|(id, _, _)| *id != 0)
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        let mut used = std::collections::HashSet::new();
+        for (id, slots, v4) in refs {
+            let set: Option<Vec<Backend>> = (0..u32::from(slots))
+                .map(|slot| {
+                    kernel
+                        .backends
+                        .get(&BackendKey { set_id: id, slot })
+                        .copied()
+                })
+                .collect();
+            // A set referenced with two lengths cannot happen (sets are written
+            // once under an id); keep the first reading.
+            if let Some(slots) = set
+                && used.insert(id)
+            {
+                s.sets.insert(Arc::new(BackendSet { slots, v4 }), id);
+            }
+            s.next_set = s.next_set.max(id + 1);
+        }
+        for k in kernel.backends.keys() {
+            s.next_set = s.next_set.max(k.set_id + 1);
+            if !used.contains(&k.set_id) {
+                s.orphans.push(*k);
+            }
+        }
+        s.workloads = kernel.workloads;
+        s.services = kernel.services;
+        s.cidrs = kernel.cidrs;
+        s.policy = kernel.policy;
+        s.dns = kernel.dns;
+        s.workload_ips = kernel.workload_ips;
+        s.ifaces = kernel.ifaces;
+        s
+    }
+
     pub fn new() -> Self {
         Self {
             next_set: 1,
@@ -278,6 +361,13 @@ impl Syncer {
             }
             self.sets.remove(&set);
         }
+        while let Some(k) = self.orphans.pop() {
+            if let Err(e) = w.del_backend(k) {
+                self.orphans.push(k);
+                return Err(e);
+            }
+            st.deleted += 1;
+        }
         Ok(st)
     }
 }
@@ -414,6 +504,93 @@ pub mod tests {
             );
         }
         d
+    }
+
+    /// What the in-memory maps hold, as an adopting agent reads it.
+    fn kernel(m: &MemMaps) -> KernelState {
+        KernelState {
+            workloads: m.workloads.clone(),
+            services: m.services.clone(),
+            backends: m.backends.clone(),
+            cidrs: m.cidrs.clone(),
+            policy: m.policy.clone(),
+            dns: Some(DnsConfig::default()),
+            ..KernelState::default()
+        }
+    }
+
+    #[test]
+    fn adopted_state_equal_to_desired_writes_nothing() {
+        let mut first = Syncer::new();
+        let mut m = MemMaps::default();
+        let d = desired(&[
+            (80, set(&["192.0.2.1", "192.0.2.2"])),
+            (81, set(&["192.0.2.3"])),
+        ]);
+        first.sync(&d, &mut m).unwrap();
+        // A new agent adopts what the first one left in the kernel.
+        let mut second = Syncer::adopt(kernel(&m));
+        m.log.clear();
+        let st = second.sync(&d, &mut m).unwrap();
+        assert_eq!(st, SyncStats::default(), "{:?}", m.log);
+        assert!(m.log.is_empty());
+    }
+
+    #[test]
+    fn adopted_state_is_reconciled_as_a_diff() {
+        let mut first = Syncer::new();
+        let mut m = MemMaps::default();
+        first
+            .sync(
+                &desired(&[(80, set(&["192.0.2.1"])), (81, set(&["192.0.2.3"]))]),
+                &mut m,
+            )
+            .unwrap();
+        let kept_set = m.services[&key(80)].set_id;
+        let gone_set = m.services[&key(81)].set_id;
+        // A backend set entry nothing points at (a crash mid-sync).
+        m.backends.insert(
+            BackendKey {
+                set_id: 40,
+                slot: 0,
+            },
+            m.backends[&BackendKey {
+                set_id: kept_set,
+                slot: 0,
+            }],
+        );
+        let mut second = Syncer::adopt(kernel(&m));
+        m.log.clear();
+        // 81 goes, 82 comes, 80 stays as it is.
+        let st = second
+            .sync(
+                &desired(&[(80, set(&["192.0.2.1"])), (82, set(&["192.0.2.4"]))]),
+                &mut m,
+            )
+            .unwrap();
+        assert_eq!(
+            m.services[&key(80)].set_id,
+            kept_set,
+            "untouched entry kept"
+        );
+        let new_set = m.services[&key(82)].set_id;
+        assert!(new_set > 40, "new set ids do not reuse adopted ones");
+        assert_eq!(
+            m.log,
+            vec![
+                format!("put backend {new_set}/0"),
+                "put service 82".to_owned(),
+                "del service 81".to_owned(),
+                format!("del backend {gone_set}/0"),
+                "del backend 40/0".to_owned(),
+            ]
+        );
+        assert_eq!(st.written, 2);
+        assert_eq!(st.deleted, 3);
+        assert!(!m.backends.contains_key(&BackendKey {
+            set_id: 40,
+            slot: 0
+        }));
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub const FRAGS_MAP: &str = "EGRESS_FRAGS";
 /// the agent never reads it.
 pub const SOCK_TAGS_MAP: &str = "EGRESS_SOCKTAGS";
 
+/// The version of what the maps' keys and values mean. Pinned maps outlive the
+/// agent; a new agent reuses a pinned map only if its shape (type, key and value
+/// sizes, capacity, flags) and this version are unchanged, and otherwise migrates
+/// it (a new map filled, then the programs switched). Bump it when a key or value
+/// changes meaning at the same size.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Every map the programs define, for checks and inspection.
 pub const ALL_MAPS: &[&str] = &[
     WORKLOADS_MAP,
@@ -345,10 +352,14 @@ pub enum Counter {
     /// Multicast listener reports of a workload's kernel, dropped on its
     /// interface without an access-log line (nothing the workload asked for).
     MldDropped = 21,
+    /// `connect()` calls judged by a build of the programs with the
+    /// `upgrade-probe` feature: the variant the lifecycle tests upgrade to, to see
+    /// that the new program runs. Always 0 in a normal build.
+    UpgradeProbe = 22,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -372,6 +383,7 @@ impl Counter {
         Self::PacketsDropped,
         Self::SockTagFull,
         Self::MldDropped,
+        Self::UpgradeProbe,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -398,6 +410,7 @@ impl Counter {
             Self::PacketsDropped => "packets_dropped",
             Self::SockTagFull => "sock_tag_full",
             Self::MldDropped => "mld_dropped",
+            Self::UpgradeProbe => "upgrade_probe",
         }
     }
 }

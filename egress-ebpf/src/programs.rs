@@ -594,6 +594,8 @@ pub fn egress_recvmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn egress_connect4(ctx: SockAddrContext) -> i32 {
+    #[cfg(feature = "upgrade-probe")]
+    bump(Counter::UpgradeProbe);
     or_fail(try_connect(&ctx, Family::V4), Counter::ErrConnect4)
 }
 

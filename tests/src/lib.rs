@@ -429,6 +429,8 @@ impl Net {
 /// A running agent, stopped with SIGTERM on drop.
 pub struct Agent {
     pub child: Option<Child>,
+    /// Its configuration file (for `egress-agent uninstall`).
+    pub config: PathBuf,
     pub log: PathBuf,
     pub metrics: SocketAddr,
     /// The network namespace it runs in (none: the test's own).
@@ -448,6 +450,16 @@ impl Agent {
     /// Starts `egress-agent run --config CONFIG` (inside `netns` when given) and
     /// waits until it is ready.
     pub fn start(config: &Path, metrics: SocketAddr, netns: Option<&Path>) -> Self {
+        Self::start_with_env(config, metrics, netns, &[])
+    }
+
+    /// As [`Agent::start`], with more environment (e.g. `EGRESS_BPF_OBJECT`).
+    pub fn start_with_env(
+        config: &Path,
+        metrics: SocketAddr,
+        netns: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = config.with_extension("log");
         let out = File::create(&log).unwrap();
         let mut cmd = match netns {
@@ -461,12 +473,14 @@ impl Agent {
         let child = cmd
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("start egress-agent");
         let mut agent = Self {
             child: Some(child),
+            config: config.to_owned(),
             log,
             metrics,
             netns: netns.map(Path::to_owned),
@@ -536,11 +550,32 @@ impl Agent {
         body
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM, waits for the exit status, then ends enforcement with
+    /// `egress-agent uninstall` (the agent itself leaves it in force).
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        let status = self.signal_and_wait(libc::SIGTERM);
+        self.uninstall();
+        status
+    }
+
+    /// `egress-agent uninstall --config` for this agent's configuration.
+    pub fn uninstall(&self) {
+        let out = Command::new(agent_bin())
+            .args(["uninstall", "--config", self.config.to_str().unwrap()])
+            .output()
+            .expect("run egress-agent uninstall");
+        assert!(
+            out.status.success(),
+            "egress-agent uninstall failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends `sig` and waits for the exit status; what the agent pinned stays.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
         // SAFETY: signalling the child we started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, sig) };
         let start = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -559,6 +594,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
+        } else {
+            // Stopped by the test (kill -9, SIGTERM): what it pinned goes too.
+            let _ = Command::new(agent_bin())
+                .args(["uninstall", "--config", self.config.to_str().unwrap()])
+                .output();
         }
     }
 }

@@ -440,41 +440,78 @@ spec:
     assert_eq!(w.pod().connect(sa("240.240.9.9:80")).errno, EPERM);
 }
 
-#[test]
-fn sigterm_detaches_every_program() {
-    let w = World::new(3);
-    w.write_se("legacy.yaml", LEGACY);
-    let _ext3 = server(&w, 3, 22);
-    let mut agent = w.start_agent("REGISTRY_ONLY", "");
-    let types = [
-        bpf::CGROUP_INET4_CONNECT,
-        bpf::CGROUP_INET6_CONNECT,
-        bpf::CGROUP_INET4_GETPEERNAME,
-        bpf::CGROUP_INET6_GETPEERNAME,
-    ];
-    for t in types {
-        assert_eq!(attached_count(&w.root.path, t), 1, "attach type {t}");
-    }
-    assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
-    let status = agent.stop();
-    assert!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        agent.log_text()
-    );
-    for t in types {
+const CONNECT_TYPES: [u32; 4] = [
+    bpf::CGROUP_INET4_CONNECT,
+    bpf::CGROUP_INET6_CONNECT,
+    bpf::CGROUP_INET4_GETPEERNAME,
+    bpf::CGROUP_INET6_GETPEERNAME,
+];
+
+/// Nothing enforces any more: the unregistered host is reachable and the VIP is
+/// a plain unroutable address.
+fn assert_unenforced(w: &World) {
+    for t in CONNECT_TYPES {
         assert_eq!(
             attached_count(&w.root.path, t),
             0,
             "attach type {t} still attached"
         );
     }
-    // Nothing enforces any more: the unregistered host is reachable and the VIP
-    // is a plain unroutable address.
     assert!(w.pod().connect(sa("198.18.0.13:22")).ok);
     assert_eq!(
         w.pod().connect(sa("240.240.1.1:80")).errno,
         libc::ENETUNREACH
     );
-    assert!(agent.log_text().contains("programs detached"));
+}
+
+#[test]
+fn sigterm_leaves_enforcement_in_force_until_uninstall() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let _ext1 = server(&w, 1, 8080);
+    let _ext2 = server(&w, 2, 8080);
+    let _ext3 = server(&w, 3, 22);
+    let mut agent = w.start_agent("REGISTRY_ONLY", "");
+    for t in CONNECT_TYPES {
+        assert_eq!(attached_count(&w.root.path, t), 1, "attach type {t}");
+    }
+    assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
+    let status = agent.signal_and_wait(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("enforcement stays in force"));
+    // No agent runs: the pinned programs still refuse and rewrite.
+    for t in CONNECT_TYPES {
+        assert_eq!(attached_count(&w.root.path, t), 1, "attach type {t}");
+    }
+    assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
+    let c = w.pod().connect(sa("240.240.1.1:80"));
+    assert!(c.ok, "VIP still rewritten: {c:?}");
+    // inspect says nobody owns the pins.
+    let out = w.agent_cli(&["inspect", "--config", w.config_path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no agent is running"), "{text}");
+    agent.uninstall();
+    assert_unenforced(&w);
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/egress")
+            .join(w.root.path.file_name().unwrap())
+            .exists()
+    );
+}
+
+#[test]
+fn on_exit_uninstall_detaches_every_program() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let _ext3 = server(&w, 3, 22);
+    let mut agent = w.start_agent("REGISTRY_ONLY", "onExit: uninstall\n");
+    assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, EPERM);
+    let status = agent.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "agent exit: {status}");
+    assert_unenforced(&w);
+    assert!(agent.log_text().contains("programs detached, pins removed"));
 }

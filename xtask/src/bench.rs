@@ -994,6 +994,19 @@ fn clean_up_after(pid: u32) {
         }
     }
     let prefix = format!("egress-bench-{tag}x");
+    // Agents leave their programs attached (fail static): uninstall each one
+    // this run configured, before its work directory goes.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let config = e.path().join("agent.yaml");
+            if e.file_name().to_string_lossy().starts_with(&prefix) && config.exists() {
+                let _ = Command::new(egress_tests::agent_bin())
+                    .args(["uninstall", "--config"])
+                    .arg(&config)
+                    .status();
+            }
+        }
+    }
     let cgroups = cgroup2_root();
     for dir in [cgroups.as_path(), &std::env::temp_dir()] {
         let Ok(entries) = std::fs::read_dir(dir) else {

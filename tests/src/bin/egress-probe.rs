@@ -9,6 +9,10 @@
 //! then send), and the reply with the address it came from.
 //! `egress-probe loop ADDR:PORT MILLIS` — connections back to back for MILLIS ms
 //! (at most 100 000), one JSON per line with the wall-clock time `t_ms`.
+//! `egress-probe mix REGISTERED UNREGISTERED MILLIS RATE` — connections alternating
+//! between the two addresses, paced at RATE per second for MILLIS ms (at most 60 s
+//! and 200 000 attempts); each one that connects sends one line and closes. One
+//! JSON summary: outcomes per address, with the time of each failure.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -127,6 +131,68 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        Some("mix") => {
+            let other: SocketAddr = args.get(3).and_then(|a| a.parse().ok()).expect(usage);
+            let ms: u64 = args.get(4).and_then(|n| n.parse().ok()).expect(usage);
+            let rate: u64 = args.get(5).and_then(|n| n.parse().ok()).expect(usage);
+            println!(
+                "{}",
+                mix(addr, other, ms.min(60_000), rate.clamp(1, 20_000))
+            );
+        }
         _ => panic!("{usage}"),
     }
+}
+
+/// Paced connections alternating between `reg` and `unreg`; see the module doc.
+fn mix(reg: SocketAddr, unreg: SocketAddr, ms: u64, rate: u64) -> serde_json::Value {
+    use std::time::Instant;
+    let start = Instant::now();
+    let until = Duration::from_millis(ms);
+    #[derive(Default)]
+    struct Tally {
+        ok: u64,
+        refused: u64,
+        other: u64,
+        failures: Vec<(u64, i32)>,
+    }
+    let mut t = [Tally::default(), Tally::default()];
+    let mut n: u64 = 0;
+    while start.elapsed() < until && n < 200_000 {
+        let due = Duration::from_micros(n * 1_000_000 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let which = (n % 2) as usize;
+        let to = if which == 0 { reg } else { unreg };
+        let at = start.elapsed().as_millis() as u64;
+        match TcpStream::connect_timeout(&to, Duration::from_millis(1000)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"mix\n");
+                t[which].ok += 1;
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(-1);
+                if errno == libc::EPERM {
+                    t[which].refused += 1;
+                } else {
+                    t[which].other += 1;
+                }
+                // Refusals of the unregistered address are what is expected.
+                if (which == 0 || errno != libc::EPERM) && t[which].failures.len() < 50 {
+                    t[which].failures.push((at, errno));
+                }
+            }
+        }
+        n += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let tally = |t: &Tally| serde_json::json!({"ok": t.ok, "refused": t.refused, "other": t.other, "failures": t.failures});
+    serde_json::json!({
+        "attempts": n,
+        "seconds": elapsed,
+        "rate": n as f64 / elapsed,
+        "registered": tally(&t[0]),
+        "unregistered": tally(&t[1]),
+    })
 }

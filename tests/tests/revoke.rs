@@ -1,0 +1,241 @@
+//! Revocation: when a destination leaves a workload's view, the workload's
+//! established TCP connections and connected UDP sockets to it are destroyed
+//! within 100 ms; others stay. Seen from the pod (the blocked recv() fails),
+//! from the receiving side (the server's namespace counts the RST) and on the
+//! record (one access-log line and one count each).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use egress_tests::attack::NftCounter;
+use egress_tests::server::UdpServer;
+use egress_tests::*;
+
+const LEGACY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: shop}
+spec:
+  hosts: [legacy.internal]
+  addresses: [240.240.1.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  endpoints:
+  - address: 198.18.0.11
+"#;
+
+const UDP: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: udp, namespace: shop}
+spec:
+  hosts: [udp.internal]
+  addresses: [198.18.0.13]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 5353, name: udp, protocol: UDP}]
+"#;
+
+const KEEP: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: keep, namespace: shop}
+spec:
+  hosts: [keep.internal]
+  addresses: [198.18.0.12]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 8080, name: tcp, protocol: TCP}]
+"#;
+
+/// Holds a TCP connection to the VIP, one to the kept address and a connected
+/// UDP socket, says "ready", then reports when each one fails (wall-clock
+/// seconds and errno) or that it is still up after `hold` seconds.
+const CLIENT: &str = r#"
+import json, select, socket, sys, time
+hold = float(sys.argv[1])
+vip = socket.create_connection(('240.240.1.1', 80), timeout=5)
+keep = socket.create_connection(('198.18.0.12', 8080), timeout=5)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(('198.18.0.13', 5353))
+u.send(b'hi\n')
+print(json.dumps({'ready': True}), flush=True)
+names = {vip: 'tcp', keep: 'keep', u: 'udp'}
+out = {}
+end = time.time() + hold
+while names and time.time() < end:
+    r, _, _ = select.select(list(names), [], [], 0.05)
+    for s in r:
+        try:
+            data = s.recv(100)
+            if s is u:
+                continue
+            out[names.pop(s)] = {'time': time.time(), 'errno': 0}
+        except OSError as e:
+            out[names.pop(s)] = {'time': time.time(), 'errno': e.errno}
+for s, n in names.items():
+    out[n] = 'up'
+print(json.dumps(out), flush=True)
+"#;
+
+struct Client {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+fn start_client(w: &World, hold_secs: u32) -> Client {
+    let mut child = w
+        .pod()
+        .command("python3")
+        .args(["-c", CLIENT, &hold_secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("ready"), "client: {line:?}");
+    Client { child, out }
+}
+
+impl Client {
+    fn result(mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        self.child.wait().unwrap();
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("client: {line:?}: {e}"))
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn world() -> World {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("udp.yaml", UDP);
+    w.write_se("keep.yaml", KEEP);
+    w
+}
+
+#[test]
+fn removed_destinations_lose_their_connections_within_100ms() {
+    let w = world();
+    let _ext1 = w.ext_server(1, 8080, "ext1");
+    let _ext2 = w.ext_server(2, 8080, "ext2");
+    let udp = UdpServer::start(w.net.ext(3), sa("0.0.0.0:5353"), "ext3");
+    // RSTs the pod sends to the VIP's endpoint arrive here.
+    let rsts = NftCounter::matching(
+        w.net.ext(1),
+        "eth0",
+        "ip saddr 198.18.0.2 tcp flags & rst == rst",
+    );
+    let agent = w.start_agent("REGISTRY_ONLY", "");
+    let client = start_client(&w, 2);
+    assert_eq!(rsts.count(), 0);
+
+    // The legacy VIP and the UDP address leave the registry.
+    let changed = now();
+    std::fs::remove_file(w.se_dir().join("legacy.yaml")).unwrap();
+    std::fs::remove_file(w.se_dir().join("udp.yaml")).unwrap();
+    let result = client.result();
+
+    for name in ["tcp", "udp"] {
+        let r = &result[name];
+        assert_eq!(r["errno"], libc::ECONNABORTED, "{name}: {result}");
+        let after = r["time"].as_f64().unwrap() - changed;
+        assert!(
+            after < 0.1,
+            "{name} revoked {:.1} ms after the change",
+            after * 1e3
+        );
+    }
+    assert_eq!(result["keep"], "up", "{result}");
+    // The server's side saw the connection reset.
+    let start = Instant::now();
+    while rsts.count() == 0 && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rsts.count() >= 1);
+    assert_eq!(udp.hit_count(), 1, "only the datagram before the change");
+
+    // One access-log line and one count per revoked socket.
+    let start = Instant::now();
+    let revoked = || -> Vec<String> {
+        agent
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with('{') && l.contains("\"verdict\":\"revoked\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    while revoked().len() < 2 && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = revoked();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"destination\":\"240.240.1.1\"")
+                && l.contains("\"port\":80")
+                && l.contains("\"transport\":\"tcp\"")
+                && l.contains("\"host\":\"legacy.internal\"")
+                && l.contains("\"workload\":\"web\"")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"destination\":\"198.18.0.13\"")
+                && l.contains("\"port\":5353")
+                && l.contains("\"transport\":\"udp\""))
+    );
+    let metrics = agent.metrics_text();
+    assert_eq!(
+        metric_sum(&metrics, "egress_revoked_connections_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "egress_revoked_connections_total",
+            &[("destination_service", "legacy.internal")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn with_revocation_off_established_connections_stay() {
+    let w = world();
+    let _ext1 = w.ext_server(1, 8080, "ext1");
+    let _ext2 = w.ext_server(2, 8080, "ext2");
+    let _udp = UdpServer::start(w.net.ext(3), sa("0.0.0.0:5353"), "ext3");
+    let agent = w.start_agent("REGISTRY_ONLY", "revokeEstablished: false\n");
+    let client = start_client(&w, 1);
+    std::fs::remove_file(w.se_dir().join("legacy.yaml")).unwrap();
+    std::fs::remove_file(w.se_dir().join("udp.yaml")).unwrap();
+    // The change is applied (a new connect is refused) while the old ones run.
+    let start = Instant::now();
+    while w.pod().connect(sa("240.240.1.1:80")).ok && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = client.result();
+    assert_eq!(result["tcp"], "up", "{result}");
+    assert_eq!(result["udp"], "up", "{result}");
+    assert_eq!(
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_revoked_connections_total",
+            &[]
+        ),
+        0.0
+    );
+}
