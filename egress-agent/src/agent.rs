@@ -705,6 +705,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     state.sync()?;
     release_memory();
     loaded.attach(&state.config.cgroup_path)?;
+    // Every hook runs this agent's programs on this agent's maps now: what only
+    // the previous programs used can go.
+    state.syncer.release_orphans();
+    state.sync()?;
     let a = &loaded.adoption;
     info!(
         adopted_maps = a.adopted_maps.len(),

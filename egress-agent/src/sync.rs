@@ -59,8 +59,11 @@ pub struct Syncer {
     workload_ips: HashMap<Addr, WorkloadValue>,
     ifaces: HashMap<u32, IfaceValue>,
     /// Backend entries found in the kernel that nothing points to (a sync an
-    /// earlier agent did not finish): deleted by the next sync.
+    /// earlier agent did not finish, or sets only the previous programs still
+    /// use through a map being migrated): deleted by the first sync after
+    /// [`Syncer::release_orphans`].
     orphans: Vec<BackendKey>,
+    orphans_held: bool,
 }
 
 /// What the kernel holds in the policy maps, read back when an agent adopts a
@@ -92,7 +95,8 @@ impl KernelState {
 impl Syncer {
     /// A syncer that knows `kernel` is in the maps: the next sync writes only
     /// what differs from it. Backend sets are rebuilt from the entries that point
-    /// at them; a set entry nothing points at is deleted by that sync.
+    /// at them; set entries nothing points at are kept until the programs run on
+    /// the new maps ([`Syncer::release_orphans`]).
     pub fn adopt(kernel: KernelState) -> Self {
         let mut s = Self::new();
         let mut refs: Vec<(u32, u16, u16)> = kernel
@@ -141,7 +145,14 @@ impl Syncer {
         s.dns = kernel.dns;
         s.workload_ips = kernel.workload_ips;
         s.ifaces = kernel.ifaces;
+        s.orphans_held = true;
         s
+    }
+
+    /// The programs now read only the maps this syncer writes: backend entries
+    /// nothing points at may go (next sync).
+    pub fn release_orphans(&mut self) {
+        self.orphans_held = false;
     }
 
     pub fn new() -> Self {
@@ -361,7 +372,9 @@ impl Syncer {
             }
             self.sets.remove(&set);
         }
-        while let Some(k) = self.orphans.pop() {
+        while !self.orphans_held
+            && let Some(k) = self.orphans.pop()
+        {
             if let Err(e) = w.del_backend(k) {
                 self.orphans.push(k);
                 return Err(e);
@@ -561,7 +574,14 @@ pub mod tests {
         );
         let mut second = Syncer::adopt(kernel(&m));
         m.log.clear();
-        // 81 goes, 82 comes, 80 stays as it is.
+        // 81 goes, 82 comes, 80 stays as it is. The unreferenced set stays
+        // until the programs are switched.
+        second
+            .sync(&desired(&[(80, set(&["192.0.2.1"])), (81, set(&["192.0.2.3"]))]), &mut m)
+            .unwrap();
+        assert!(m.backends.contains_key(&BackendKey { set_id: 40, slot: 0 }));
+        assert!(m.log.is_empty(), "{:?}", m.log);
+        second.release_orphans();
         let st = second
             .sync(
                 &desired(&[(80, set(&["192.0.2.1"])), (82, set(&["192.0.2.4"]))]),

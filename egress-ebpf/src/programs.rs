@@ -42,7 +42,14 @@ static EGRESS_WORKLOADS: HashMap<u64, WorkloadValue> =
     HashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static EGRESS_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(SERVICES_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The upgrade-probe variant's services map has another shape: upgrading to it
+/// migrates that map (a new one filled, then the programs switched).
+#[cfg(not(feature = "upgrade-probe"))]
+const SERVICES_CAPACITY: u32 = SERVICES_MAX;
+#[cfg(feature = "upgrade-probe")]
+const SERVICES_CAPACITY: u32 = SERVICES_MAX + 1;
 #[map]
 static EGRESS_BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(BACKENDS_MAX, BPF_F_NO_PREALLOC);
