@@ -595,8 +595,25 @@ pub fn running_pid(config: &Config) -> Option<u32> {
     comm.trim().starts_with("egress-agent").then_some(pid)
 }
 
+/// Raises the soft limit of open descriptors to the hard limit: the DNS proxy
+/// holds one per TCP client and per query in flight.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), AgentError> {
+    raise_nofile();
     crate::preflight::check(&config.cgroup_path)?;
     if Some(config.cgroup_path.as_path()) == crate::config::cgroup2_mount().as_deref() {
         warn!(
@@ -774,6 +791,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     let learned = Arc::new(std::sync::Mutex::new(telemetry.learned));
+    // The DNS proxy's tasks stop apart from the others: they drain first.
+    let mut dns_tasks = tokio::task::JoinSet::new();
+    let (dns_stop, dns_stop_rx) = watch::channel(false);
     if let Some(dns) = &state.config.dns {
         let proxy = Arc::new(crate::dns::proxy::Proxy {
             settings: dns.proxy.clone(),
@@ -781,19 +801,34 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             learned: learned.clone(),
             metrics: metrics.clone(),
         });
+        // A TCP connection waiting in a listener that closes moves to another
+        // listener of its SO_REUSEPORT group (planned restarts lose none).
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1") {
+            warn!(
+                "cannot set net.ipv4.tcp_migrate_req ({e}): a planned restart may reset DNS/TCP connections being accepted"
+            );
+        }
         for addr in &dns.proxy.listen {
-            let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+            let udp = crate::dns::proxy::bind_udp(*addr).map_err(|e| {
                 AgentError::Io(std::io::Error::other(format!(
                     "DNS proxy on udp {addr}: {e}"
                 )))
             })?;
-            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let tcp = crate::dns::proxy::bind_tcp(*addr).map_err(|e| {
                 AgentError::Io(std::io::Error::other(format!(
                     "DNS proxy on tcp {addr}: {e}"
                 )))
             })?;
-            tasks.spawn(crate::dns::proxy::serve_udp(udp, proxy.clone()));
-            tasks.spawn(crate::dns::proxy::serve_tcp(tcp, proxy.clone()));
+            dns_tasks.spawn(crate::dns::proxy::serve_udp(
+                udp,
+                proxy.clone(),
+                dns_stop_rx.clone(),
+            ));
+            dns_tasks.spawn(crate::dns::proxy::serve_tcp(
+                tcp,
+                proxy.clone(),
+                dns_stop_rx.clone(),
+            ));
         }
         info!(
             listen = ?dns.proxy.listen,
@@ -896,8 +931,22 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             }
         }
     }
+    // The DNS proxy leaves its SO_REUSEPORT group, answers what is queued and
+    // in flight (a new agent beside it takes the new queries), then stops.
+    let _ = dns_stop.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        while dns_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("DNS proxy: answers still in flight after 3 s; exiting anyway");
+    }
     tasks.abort_all();
-    let _ = std::fs::remove_file(state.config.pid_file());
+    // The pid file is this agent's unless a newer one (a planned restart)
+    // wrote its own.
+    if running_pid(&state.config) == Some(std::process::id()) {
+        let _ = std::fs::remove_file(state.config.pid_file());
+    }
     let at = loaded.attached_at().map(|p| p.display().to_string());
     drop(loaded);
     match state.config.on_exit {

@@ -552,6 +552,8 @@ pub fn compile(
                 DnsClient {
                     workload_id,
                     view_id,
+                    // Audit mode refuses nothing, names included.
+                    registry_only: flags & WL_REGISTRY_ONLY != 0 && flags & WL_AUDIT == 0,
                 },
             );
             d.workload_ips.insert(

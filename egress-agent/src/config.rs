@@ -228,6 +228,14 @@ struct RawDns {
     learned_min_ttl: Option<String>,
     learned_max_ttl: Option<String>,
     upstream_timeout: Option<String>,
+    /// REGISTRY_ONLY workloads get NXDOMAIN for names outside their view, never
+    /// forwarded (no DNS tunnelling through the proxy). Default false.
+    refuse_unregistered: Option<bool>,
+    /// TCP: how long one message may take to arrive (default 5s).
+    tcp_read_timeout: Option<String>,
+    /// TCP connections at once, per source address and in total.
+    tcp_per_source: Option<usize>,
+    tcp_total: Option<usize>,
 }
 
 /// `resolver:` — the agent's own resolution of DNS endpoints.
@@ -554,7 +562,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(crate::dns::resolver::system_upstream),
             settings: crate::dns::resolver::Settings {
-                min_ttl: duration("resolver.minTtl", &r.min_ttl, 5_000)?,
+                min_ttl: duration("resolver.minTtl", &r.min_ttl, 1_000)?,
                 max_ttl: duration("resolver.maxTtl", &r.max_ttl, 300_000)?,
                 stale_limit: duration("resolver.staleLimit", &r.stale_limit, 3_600_000)?,
                 retry: duration("resolver.retry", &r.retry, 5_000)?,
@@ -599,6 +607,14 @@ impl Config {
                             &d.upstream_timeout,
                             2_000,
                         )?,
+                        refuse_unregistered: d.refuse_unregistered.unwrap_or(false),
+                        tcp_read_timeout: duration(
+                            "dns.tcpReadTimeout",
+                            &d.tcp_read_timeout,
+                            5_000,
+                        )?,
+                        tcp_per_source: d.tcp_per_source.unwrap_or(16).max(1),
+                        tcp_total: d.tcp_total.unwrap_or(1024).max(1),
                     },
                 })
             }

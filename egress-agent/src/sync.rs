@@ -577,9 +577,15 @@ pub mod tests {
         // 81 goes, 82 comes, 80 stays as it is. The unreferenced set stays
         // until the programs are switched.
         second
-            .sync(&desired(&[(80, set(&["192.0.2.1"])), (81, set(&["192.0.2.3"]))]), &mut m)
+            .sync(
+                &desired(&[(80, set(&["192.0.2.1"])), (81, set(&["192.0.2.3"]))]),
+                &mut m,
+            )
             .unwrap();
-        assert!(m.backends.contains_key(&BackendKey { set_id: 40, slot: 0 }));
+        assert!(m.backends.contains_key(&BackendKey {
+            set_id: 40,
+            slot: 0
+        }));
         assert!(m.log.is_empty(), "{:?}", m.log);
         second.release_orphans();
         let st = second

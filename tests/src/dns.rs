@@ -1,6 +1,9 @@
 //! A real authoritative DNS server for the tests, in a test namespace, whose
 //! records and TTLs the test controls at run time (and which can be made to stop
-//! answering). UDP and TCP; A, AAAA and CNAME; every query is recorded.
+//! answering). UDP and TCP; A, AAAA and CNAME; every query is recorded. Over UDP
+//! it can also be made to send forged replies before the real one: one with
+//! another question, one with another id (what an off-path attacker racing the
+//! real answer sends).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -31,6 +34,8 @@ fn key(name: &str) -> String {
 pub struct DnsServer {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
+    /// Queried name → (forged owner name, forged address).
+    spoof: Arc<Mutex<HashMap<String, (String, IpAddr)>>>,
     queries: Arc<Mutex<Vec<(String, RecordType, bool)>>>,
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -41,12 +46,14 @@ impl DnsServer {
     /// Serves on `addr` (UDP and TCP) inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
         let zone = Arc::new(Mutex::new(Zone::new()));
+        let spoof: Arc<Mutex<HashMap<String, (String, IpAddr)>>> = Arc::default();
         let queries = Arc::new(Mutex::new(Vec::new()));
         let up = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (tx, rx) = std::sync::mpsc::channel();
         for tcp in [false, true] {
+            let spoof = spoof.clone();
             let (zone, queries, up, stop, tx) = (
                 zone.clone(),
                 queries.clone(),
@@ -97,6 +104,9 @@ impl DnsServer {
                         if !up.load(Ordering::Relaxed) {
                             continue;
                         }
+                        for f in forged(&buf[..n], &spoof) {
+                            let _ = sock.send_to(&f, src);
+                        }
                         if let Some(r) = answer(&buf[..n], &zone, &queries, false) {
                             let _ = sock.send_to(&r, src);
                         }
@@ -109,6 +119,7 @@ impl DnsServer {
         Self {
             addr,
             zone,
+            spoof,
             queries,
             up,
             stop,
@@ -128,6 +139,15 @@ impl DnsServer {
             .lock()
             .unwrap()
             .insert(key(name), (ttl, vec![Rec::Cname(key(target))]));
+    }
+
+    /// Before each real UDP answer for `name`, sends two forged replies giving
+    /// `forged_name` (another question) and `name` (another id) the address `ip`.
+    pub fn set_spoof(&self, name: &str, forged_name: &str, ip: &str) {
+        self.spoof
+            .lock()
+            .unwrap()
+            .insert(key(name), (key(forged_name), ip.parse().unwrap()));
     }
 
     /// Stops (false) or resumes (true) answering: queries then time out.
@@ -153,6 +173,43 @@ impl Drop for DnsServer {
             let _ = t.join();
         }
     }
+}
+
+/// The forged replies for query `q`, if its name is set to be spoofed.
+fn forged(q: &[u8], spoof: &Mutex<HashMap<String, (String, IpAddr)>>) -> Vec<Vec<u8>> {
+    let Ok(msg) = Message::from_vec(q) else {
+        return Vec::new();
+    };
+    let Some(query) = msg.queries.first() else {
+        return Vec::new();
+    };
+    let Some((other, ip)) = spoof
+        .lock()
+        .unwrap()
+        .get(&key(&query.name().to_ascii()))
+        .cloned()
+    else {
+        return Vec::new();
+    };
+    let IpAddr::V4(v4) = ip else {
+        return Vec::new();
+    };
+    let reply = |id: u16, owner: &str| {
+        let owner = Name::from_ascii(format!("{owner}.")).unwrap();
+        let mut r = Message::new(id, MessageType::Response, msg.metadata.op_code);
+        r.metadata.recursion_available = true;
+        r.add_query(hickory_proto::op::Query::query(
+            owner.clone(),
+            RecordType::A,
+        ));
+        r.add_answer(Record::from_rdata(owner, 300, RData::A(rdata::A(v4))));
+        r.to_vec().unwrap()
+    };
+    let asked = key(&query.name().to_ascii());
+    vec![
+        reply(msg.metadata.id, &other),
+        reply(msg.metadata.id.wrapping_add(1), &asked),
+    ]
 }
 
 fn answer(

@@ -225,3 +225,139 @@ fn without_fail_static_the_same_load_sees_the_gap() {
         "{summary}"
     );
 }
+
+/// Sends `rate` DNS queries a second for `secs` seconds (one UDP socket, 1 s
+/// timeout each) for `legacy.internal` and reports, per query, the send time
+/// (wall clock) and whether the VIP came back.
+const DNS_LOAD: &str = r#"
+import json, random, socket, struct, sys, time
+rate, secs = float(sys.argv[1]), float(sys.argv[2])
+def query(qid):
+    name = b''.join(bytes([len(p)]) + p for p in b'legacy.internal'.split(b'.')) + b'\0'
+    return struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+s.connect(('198.18.0.1', 53))
+start, n, answered, lost = time.time(), 0, 0, []
+while time.time() - start < secs:
+    due = start + n / rate
+    if due > time.time():
+        time.sleep(due - time.time())
+    qid = random.randrange(65536)
+    sent = time.time()
+    s.send(query(qid))
+    ok = False
+    try:
+        while True:
+            r = s.recv(512)
+            if struct.unpack('>H', r[:2])[0] == qid:
+                ok = bytes([240, 240, 1, 1]) in r
+                break
+    except OSError:
+        pass
+    n += 1
+    if ok:
+        answered += 1
+    else:
+        lost.append(sent)
+print(json.dumps({'sent': n, 'answered': answered, 'lost': lost}), flush=True)
+"#;
+
+fn dns_extra() -> String {
+    format!(
+        "dns:\n  listen: [\"{NODE_V4}:53\"]\n  upstream: [\"{}:53\"]\n  upstreamTimeout: 300ms\n",
+        ext_v4(3)
+    )
+}
+
+fn start_dns_load(w: &World, secs: u32) -> Child {
+    w.pod()
+        .command("python3")
+        .args(["-c", DNS_LOAD, "100", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the DNS load")
+}
+
+/// A second agent for the same instance beside the first (its own metrics
+/// port), as a rolling update with surge starts it.
+fn second_agent(w: &World, first: &Agent) -> Agent {
+    let text = std::fs::read_to_string(w.config_path()).unwrap();
+    let port = free_port();
+    let config = w.dir.path().join("agent-next.yaml");
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:9464", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    Agent::start(
+        &config,
+        sa(&format!("127.0.0.1:{port}")),
+        first.netns.as_deref(),
+    )
+}
+
+#[test]
+fn planned_restart_loses_no_dns_query() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let mut old = w.start_agent("REGISTRY_ONLY", &dns_extra());
+    let load = start_dns_load(&w, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    // The new agent starts beside the old one (SO_REUSEPORT), then the old one
+    // is told to stop: it leaves the group and answers what it holds.
+    let new = second_agent(&w, &old);
+    assert!(old.signal_and_wait(libc::SIGTERM).success());
+    let out = load.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("planned restart: {r}");
+    assert!(r["sent"].as_u64().unwrap() >= 300, "{r}");
+    assert_eq!(r["lost"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["answered"], r["sent"]);
+    // The new agent answers alone now.
+    assert!(new.log_text().contains("adopted the pinned dataplane"));
+}
+
+#[test]
+fn after_a_crash_dns_answers_resume_within_the_restart_time() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let mut agent = w.start_agent("REGISTRY_ONLY", &dns_extra());
+    let load = start_dns_load(&w, 5);
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = now_secs();
+    agent.signal_and_wait(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let restart = now_secs();
+    let _agent = Agent::start(&w.config_path(), agent.metrics, agent.netns.as_deref());
+    let ready = now_secs();
+    let out = load.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lost: Vec<f64> = r["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect();
+    eprintln!(
+        "crash: killed at 0, restart at {:.3}, ready at {:.3}; lost {:?}",
+        restart - killed,
+        ready - killed,
+        lost.iter().map(|t| t - killed).collect::<Vec<_>>()
+    );
+    // Queries sent while no agent ran were lost (UDP: one socket, 1 s each)...
+    assert!(!lost.is_empty(), "{r}");
+    // ...none sent after the new agent was ready.
+    assert!(
+        lost.iter().all(|t| *t < ready),
+        "a query sent after the restart was lost: {r}"
+    );
+    assert!(r["answered"].as_u64().unwrap() > 0);
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

@@ -31,6 +31,13 @@ pub struct Settings {
     pub learned_min_ttl: Duration,
     pub learned_max_ttl: Duration,
     pub upstream_timeout: Duration,
+    /// NXDOMAIN for names outside a REGISTRY_ONLY workload's view (not forwarded).
+    pub refuse_unregistered: bool,
+    /// TCP: the longest one message may take to arrive.
+    pub tcp_read_timeout: Duration,
+    /// TCP connections at once per source address, and in total.
+    pub tcp_per_source: usize,
+    pub tcp_total: usize,
 }
 
 /// Where learned destinations go: the kernel map in the agent.
@@ -186,11 +193,7 @@ fn response_to(query: &Message, code: ResponseCode) -> Message {
 }
 
 fn servfail(query: &Message) -> Option<Vec<u8>> {
-    let mut resp = response_to(query, ResponseCode::ServFail);
-    for q in &query.queries {
-        resp.add_query(q.clone());
-    }
-    resp.to_vec().ok()
+    answer(query, ResponseCode::ServFail)
 }
 
 /// The running proxy.
@@ -212,23 +215,50 @@ impl<L: LearnSink> Proxy<L> {
             return None;
         };
         let tables = self.tables.borrow().clone();
-        let client = tables.client(src);
-        if let Some((_, view)) = client
-            && let Some(resp) = local_answer(&msg, view, self.settings.vip_ttl)
-        {
+        // Only workloads are answered: the proxy is no open resolver on the node.
+        let Some((client, view)) = tables.client(src) else {
+            self.metrics
+                .dns_queries
+                .with_label_values(&["refused_source"])
+                .inc();
+            return answer(&msg, ResponseCode::Refused);
+        };
+        if let Some(resp) = local_answer(&msg, view, self.settings.vip_ttl) {
             self.metrics.dns_queries.with_label_values(&["vip"]).inc();
             return resp.to_vec().ok();
         }
+        if self.settings.refuse_unregistered
+            && client.registry_only
+            && msg
+                .queries
+                .first()
+                .is_none_or(|q| view.lookup(&q.name().to_ascii()).is_none())
+        {
+            // Never forwarded: a name outside the view carries nothing out.
+            self.metrics
+                .dns_queries
+                .with_label_values(&["nxdomain_unregistered"])
+                .inc();
+            return answer(&msg, ResponseCode::NXDomain);
+        }
+        // Upstream sees a fresh random id (and a fresh random source port);
+        // the reply must answer exactly this question.
+        let mut upstream_query = query.to_vec();
+        if upstream_query.len() < 12 {
+            return None;
+        }
+        let id: u16 = rand::random();
+        upstream_query[..2].copy_from_slice(&id.to_be_bytes());
         let started = Instant::now();
         let reply = if tcp {
-            self.upstream_tcp(query).await
+            self.upstream_tcp(&upstream_query, id, &msg).await
         } else {
-            self.upstream_udp(query, msg.metadata.id).await
+            self.upstream_udp(&upstream_query, id, &msg).await
         };
         self.metrics
             .dns_upstream_seconds
             .observe(started.elapsed().as_secs_f64());
-        let reply = match reply {
+        let mut reply = match reply {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "upstream DNS failed");
@@ -239,12 +269,18 @@ impl<L: LearnSink> Proxy<L> {
                 return servfail(&msg);
             }
         };
-        if let Some((c, view)) = client
-            && let Ok(parsed) = Message::from_vec(&reply)
+        reply[..2].copy_from_slice(&msg.metadata.id.to_be_bytes());
+        if let Ok(parsed) = Message::from_vec(&reply)
             && let Some((host, ips, ttl)) = learn_from(&parsed, view)
         {
-            let entries =
-                learned_entries(c, host, &ips, ttl, &self.settings, crate::events::boot_ns());
+            let entries = learned_entries(
+                client,
+                host,
+                &ips,
+                ttl,
+                &self.settings,
+                crate::events::boot_ns(),
+            );
             // Written before the answer is released: the client's first
             // connect() after it can never race the map write.
             if let Err(e) = self.learned.learn(&entries) {
@@ -268,22 +304,32 @@ impl<L: LearnSink> Proxy<L> {
         Some(reply)
     }
 
-    async fn upstream_udp(&self, query: &[u8], id: u16) -> Result<Vec<u8>, String> {
+    async fn upstream_udp(
+        &self,
+        query: &[u8],
+        id: u16,
+        asked: &Message,
+    ) -> Result<Vec<u8>, String> {
         let mut last = String::from("no upstream configured");
         for up in &self.settings.upstream {
             let bind = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
             let attempt = async {
+                // A new socket per query: a new random source port.
                 let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
                 sock.connect(up).await.map_err(|e| e.to_string())?;
                 sock.send(query).await.map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; 65535];
                 loop {
                     let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
-                    // Ignore anything that is not the answer to this query.
-                    if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+                    // Anything that is not the answer to this query is ignored.
+                    if answers(&buf[..n], id, asked) {
                         buf.truncate(n);
                         return Ok::<_, String>(buf);
                     }
+                    self.metrics
+                        .dns_queries
+                        .with_label_values(&["reply_mismatch"])
+                        .inc();
                 }
             };
             match tokio::time::timeout(self.settings.upstream_timeout, attempt).await {
@@ -295,7 +341,12 @@ impl<L: LearnSink> Proxy<L> {
         Err(last)
     }
 
-    async fn upstream_tcp(&self, query: &[u8]) -> Result<Vec<u8>, String> {
+    async fn upstream_tcp(
+        &self,
+        query: &[u8],
+        id: u16,
+        asked: &Message,
+    ) -> Result<Vec<u8>, String> {
         let mut last = String::from("no upstream configured");
         for up in &self.settings.upstream {
             let attempt = async {
@@ -307,6 +358,13 @@ impl<L: LearnSink> Proxy<L> {
                 let n = s.read_u16().await.map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; usize::from(n)];
                 s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                if !answers(&buf, id, asked) {
+                    self.metrics
+                        .dns_queries
+                        .with_label_values(&["reply_mismatch"])
+                        .inc();
+                    return Err("the reply does not answer the query".to_owned());
+                }
                 Ok::<_, String>(buf)
             };
             match tokio::time::timeout(self.settings.upstream_timeout, attempt).await {
@@ -319,49 +377,188 @@ impl<L: LearnSink> Proxy<L> {
     }
 }
 
-/// Serves UDP queries on `sock` until the task is dropped.
-pub async fn serve_udp<L: LearnSink>(sock: UdpSocket, proxy: Arc<Proxy<L>>) {
+/// Is `reply` the answer to the query `asked` sent upstream with `id`: a
+/// response with that id and the same question (name, type, class)?
+pub fn answers(reply: &[u8], id: u16, asked: &Message) -> bool {
+    if reply.len() < 12 || u16::from_be_bytes([reply[0], reply[1]]) != id {
+        return false;
+    }
+    let Ok(r) = Message::from_vec(reply) else {
+        return false;
+    };
+    r.metadata.message_type == MessageType::Response
+        && r.queries.len() == asked.queries.len()
+        && r.queries.iter().zip(&asked.queries).all(|(a, b)| {
+            a.name() == b.name()
+                && a.query_type() == b.query_type()
+                && a.query_class() == b.query_class()
+        })
+}
+
+/// An empty answer with `code` to `query`, serialised.
+fn answer(query: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut resp = response_to(query, code);
+    for q in &query.queries {
+        resp.add_query(q.clone());
+    }
+    resp.to_vec().ok()
+}
+
+/// Binds a proxy socket with `SO_REUSEPORT`: a new agent binds beside the
+/// running one before it stops (a planned restart).
+fn reuseport_socket(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, ty, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = reuseport_socket(addr, socket2::Type::DGRAM)?;
+    UdpSocket::from_std(s.into())
+}
+
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = reuseport_socket(addr, socket2::Type::STREAM)?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Serves UDP queries on `sock` until `stop` says so; then leaves the
+/// `SO_REUSEPORT` group (connecting the socket to itself: the kernel no longer
+/// picks a connected socket for other senders), answers what is queued, and
+/// returns after the answers in flight are sent.
+pub async fn serve_udp<L: LearnSink>(
+    sock: UdpSocket,
+    proxy: Arc<Proxy<L>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 65535];
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut stopping = false;
     loop {
-        let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+        let received = if stopping {
+            // Drain: what is queued, without waiting for more.
+            match sock.try_recv_from(&mut buf) {
+                Ok(r) => Ok(r),
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                r = sock.recv_from(&mut buf) => r,
+                _ = stop.changed() => {
+                    stopping = true;
+                    if let Ok(me) = sock.local_addr() {
+                        let _ = sock.connect(me).await;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Ok((n, src)) = received else {
             continue;
         };
         let query = buf[..n].to_vec();
         let (p, s) = (proxy.clone(), sock.clone());
-        tokio::spawn(async move {
+        inflight.spawn(async move {
             if let Some(resp) = p.handle(&query, src.ip(), false).await {
                 let _ = s.send_to(&resp, src).await;
             }
         });
+        while inflight.try_join_next().is_some() {}
     }
+    while inflight.join_next().await.is_some() {}
 }
 
-/// Serves DNS over TCP on `listener` until the task is dropped.
-pub async fn serve_tcp<L: LearnSink>(listener: TcpListener, proxy: Arc<Proxy<L>>) {
+/// Serves DNS over TCP on `listener` until `stop` says so. A connection gets
+/// `tcp_read_timeout` for each message; connections beyond the per-source and
+/// total caps are closed at once; an accept error (out of descriptors) backs
+/// off instead of spinning.
+pub async fn serve_tcp<L: LearnSink>(
+    listener: TcpListener,
+    proxy: Arc<Proxy<L>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let open: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>> = Arc::default();
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((mut stream, src)) = listener.accept().await else {
-            continue;
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
         };
-        let p = proxy.clone();
+        let (mut stream, src) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                warn!(error = %e, "DNS proxy: accept failed; backing off {backoff:?}");
+                proxy
+                    .metrics
+                    .dns_queries
+                    .with_label_values(&["accept_error"])
+                    .inc();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let ip = src.ip();
+        let admitted = {
+            let mut open = open.lock().expect("tcp table lock");
+            let total: usize = open.values().sum();
+            let mine = open.entry(ip).or_insert(0);
+            if *mine >= proxy.settings.tcp_per_source || total >= proxy.settings.tcp_total {
+                false
+            } else {
+                *mine += 1;
+                true
+            }
+        };
+        if !admitted {
+            proxy
+                .metrics
+                .dns_queries
+                .with_label_values(&["tcp_over_limit"])
+                .inc();
+            drop(stream);
+            continue;
+        }
+        let (p, open) = (proxy.clone(), open.clone());
         tokio::spawn(async move {
+            let timeout = p.settings.tcp_read_timeout;
             loop {
-                let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await
-                else {
-                    return;
+                // The whole message (length and body) within the timeout.
+                let read = async {
+                    let n = stream.read_u16().await?;
+                    let mut query = vec![0u8; usize::from(n)];
+                    stream.read_exact(&mut query).await?;
+                    Ok::<_, std::io::Error>(query)
                 };
-                let mut query = vec![0u8; usize::from(n)];
-                if stream.read_exact(&mut query).await.is_err() {
-                    return;
-                }
-                let Some(resp) = p.handle(&query, src.ip(), true).await else {
-                    return;
+                let Ok(Ok(query)) = tokio::time::timeout(timeout, read).await else {
+                    break;
+                };
+                let Some(resp) = p.handle(&query, ip, true).await else {
+                    break;
                 };
                 if stream.write_u16(resp.len() as u16).await.is_err()
                     || stream.write_all(&resp).await.is_err()
                 {
-                    return;
+                    break;
+                }
+            }
+            let mut open = open.lock().expect("tcp table lock");
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
                 }
             }
         });
@@ -460,10 +657,15 @@ mod tests {
             learned_min_ttl: Duration::from_secs(30),
             learned_max_ttl: Duration::from_secs(3600),
             upstream_timeout: Duration::from_secs(1),
+            refuse_unregistered: false,
+            tcp_read_timeout: Duration::from_secs(5),
+            tcp_per_source: 16,
+            tcp_total: 1024,
         };
         let client = DnsClient {
             workload_id: 5,
             view_id: 1,
+            registry_only: true,
         };
         let e = learned_entries(client, host, &ips, ttl, &settings, 1_000);
         assert_eq!(e.len(), 1);
@@ -477,5 +679,45 @@ mod tests {
         // A name outside the view teaches nothing.
         let other = query("other.org.", RecordType::A);
         assert!(learn_from(&other, &v).is_none());
+    }
+
+    #[test]
+    fn a_reply_counts_only_for_its_id_and_question() {
+        let asked = query("api.example.com.", RecordType::A);
+        let reply = |id: u16, name: &str, t: RecordType| {
+            let mut r = query(name, t);
+            r.metadata.id = id;
+            r.metadata.message_type = MessageType::Response;
+            r.to_vec().unwrap()
+        };
+        assert!(answers(
+            &reply(7, "api.example.com.", RecordType::A),
+            7,
+            &asked
+        ));
+        assert!(
+            answers(&reply(7, "API.Example.com.", RecordType::A), 7, &asked),
+            "names compare without case"
+        );
+        assert!(!answers(
+            &reply(8, "api.example.com.", RecordType::A),
+            7,
+            &asked
+        ));
+        assert!(!answers(
+            &reply(7, "evil.example.com.", RecordType::A),
+            7,
+            &asked
+        ));
+        assert!(!answers(
+            &reply(7, "api.example.com.", RecordType::AAAA),
+            7,
+            &asked
+        ));
+        // A query is not an answer.
+        let mut q = query("api.example.com.", RecordType::A);
+        q.metadata.id = 7;
+        assert!(!answers(&q.to_vec().unwrap(), 7, &asked));
+        assert!(!answers(&[0, 7], 7, &asked));
     }
 }

@@ -138,7 +138,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            min_ttl: Duration::from_secs(5),
+            min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(300),
             stale_limit: Duration::from_secs(3600),
             retry: Duration::from_secs(5),

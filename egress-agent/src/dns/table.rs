@@ -54,6 +54,9 @@ impl ViewDns {
 pub struct DnsClient {
     pub workload_id: u32,
     pub view_id: u32,
+    /// The workload's unknown destinations are refused (REGISTRY_ONLY, not
+    /// audit): with `dns.refuseUnregistered`, so are names outside its view.
+    pub registry_only: bool,
 }
 
 /// Everything the proxy needs, replaced after each compile.
