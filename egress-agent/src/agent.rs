@@ -206,6 +206,8 @@ struct State {
     revoker: Option<crate::revoke::Revoker>,
     /// The access log.
     sink: Arc<std::sync::Mutex<crate::events::Sink>>,
+    /// The DNS proxy's settings (replaced by a reload).
+    dns_settings: Option<watch::Sender<Arc<crate::dns::proxy::Settings>>>,
 }
 
 impl State {
@@ -345,6 +347,42 @@ impl State {
             micros = started.elapsed().as_micros() as u64,
             "established connections revoked"
         );
+    }
+
+    /// Re-reads the agent's configuration file and applies what changed (the
+    /// caller then re-reads the registry and syncs: one diff). A file that does
+    /// not parse or validate keeps the running configuration.
+    fn reload_config(&mut self) -> bool {
+        let new = match Config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("configuration reload failed, the running configuration stays: {e}");
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                return false;
+            }
+        };
+        let (merged, pending) = self.config.reloaded(new);
+        for field in pending {
+            warn!(field, "changed in the configuration file: takes effect at the next start");
+        }
+        if let (Some(tx), Some(dns)) = (&self.dns_settings, &merged.dns) {
+            tx.send_if_modified(|s| {
+                let changed = **s != dns.proxy;
+                if changed {
+                    *s = Arc::new(dns.proxy.clone());
+                }
+                changed
+            });
+        }
+        self.config = merged;
+        self.metrics
+            .config_reloads
+            .with_label_values(&["ok"])
+            .inc();
+        true
     }
 
     /// Re-reads the configuration directory; keeps the old registry on failure.
@@ -541,6 +579,30 @@ fn watch(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::R
     Some((watcher, rx))
 }
 
+/// Watches the agent's configuration file (through its directory: editors and
+/// Kubernetes ConfigMaps replace the file rather than write it).
+fn watch_file(path: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let name = path.file_name()?.to_owned();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(e) = res
+            && !e.kind.is_access()
+            && e.paths.iter().any(|p| p.file_name() == Some(&name) || p.ends_with("..data"))
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| warn!("cannot watch the configuration file ({e}); SIGHUP reloads it"))
+    .ok()?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| warn!(dir = %dir.display(), "cannot watch ({e}); SIGHUP reloads the configuration"))
+        .ok()?;
+    Some((watcher, rx))
+}
+
 /// Watches the directories the workload cgroups live in: a workload cgroup that is
 /// created or re-created (a new cgroup id, as on every container start) is known
 /// to the kernel within milliseconds of its creation, not at the next poll. Until
@@ -627,6 +689,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     std::fs::write(config.pid_file(), format!("{}\n", std::process::id()))?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
 
     let metrics = Metrics::new();
     let mut store = Store::default();
@@ -701,6 +764,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         applied: None,
         revoker: None,
         sink: sink.clone(),
+        dns_settings: None,
         ids,
         syncer,
         maps,
@@ -743,12 +807,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             "attached a new dataplane"
         }
     );
-    let interfaces: Vec<String> = state
-        .config
-        .workloads
-        .iter()
-        .filter_map(|w| w.interface.clone())
-        .collect();
+    let mut interfaces = state.config.interfaces();
     let mut tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, Vec::new());
     metrics
         .ready
@@ -795,8 +854,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut dns_tasks = tokio::task::JoinSet::new();
     let (dns_stop, dns_stop_rx) = watch::channel(false);
     if let Some(dns) = &state.config.dns {
+        let (settings_tx, settings_rx) = watch::channel(Arc::new(dns.proxy.clone()));
+        state.dns_settings = Some(settings_tx);
         let proxy = Arc::new(crate::dns::proxy::Proxy {
-            settings: dns.proxy.clone(),
+            settings: settings_rx,
             tables: dns_rx,
             learned: learned.clone(),
             metrics: metrics.clone(),
@@ -865,20 +926,31 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
 
-    let dir = state.config.service_entry_dir.clone();
-    let (_watcher, mut changes) = match watch(&dir) {
+    let mut dir = state.config.service_entry_dir.clone();
+    let (mut _watcher, mut changes) = match watch(&dir) {
         Some((w, rx)) => (Some(w), rx),
         None => (None, tokio::sync::mpsc::channel(1).1),
     };
     let mut seen = fingerprint(&dir);
-    let (_cgroup_watcher, mut cgroup_changes) = match watch_cgroups(&state.config) {
+    let (mut _cgroup_watcher, mut cgroup_changes) = match watch_cgroups(&state.config) {
+        Some((w, rx)) => (Some(w), rx),
+        None => (None, tokio::sync::mpsc::channel(1).1),
+    };
+    let (_config_watcher, mut config_changes) = match watch_file(&state.config.path) {
         Some((w, rx)) => (Some(w), rx),
         None => (None, tokio::sync::mpsc::channel(1).1),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let mut due = false;
+        let mut config_due = false;
         tokio::select! {
+            _ = sighup.recv() => { info!("SIGHUP: reloading the configuration"); config_due = true; }
+            Some(()) = config_changes.recv() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                while config_changes.try_recv().is_ok() {}
+                config_due = true;
+            }
             _ = sigterm.recv() => { info!("SIGTERM"); break; }
             _ = sigint.recv() => { info!("SIGINT"); break; }
             Some(()) = cgroup_changes.recv() => {
@@ -913,6 +985,25 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                     error!("sync failed, will retry: {e}");
                 }
             }
+        }
+        if config_due && state.reload_config() {
+            // The whole configuration, registry and workloads included, as one
+            // diff below; the watches follow what the configuration names.
+            if state.config.service_entry_dir != dir {
+                dir = state.config.service_entry_dir.clone();
+                (_watcher, changes) = match watch(&dir) {
+                    Some((w, rx)) => (Some(w), rx),
+                    None => (None, tokio::sync::mpsc::channel(1).1),
+                };
+            }
+            (_cgroup_watcher, cgroup_changes) = match watch_cgroups(&state.config) {
+                Some((w, rx)) => (Some(w), rx),
+                None => (None, tokio::sync::mpsc::channel(1).1),
+            };
+            interfaces = state.config.interfaces();
+            tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, tc_failed);
+            state.refresh_workloads();
+            due = true;
         }
         if due {
             seen = fingerprint(&dir);

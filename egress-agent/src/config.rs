@@ -421,6 +421,54 @@ impl Config {
         self.state_dir.join(&self.instance).join("ids.json")
     }
 
+    /// `new` as a running agent applies it: everything but what only a start
+    /// can change (where it attaches and pins, its own endpoints, load-time
+    /// program settings), which keeps its running value. Returns the merged
+    /// configuration and the fields that changed but wait for a restart.
+    pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
+        let mut pending = Vec::new();
+        let mut merged = new;
+        macro_rules! keep {
+            ($field:ident, $name:literal) => {
+                if merged.$field != self.$field {
+                    pending.push($name);
+                    merged.$field = self.$field.clone();
+                }
+            };
+        }
+        keep!(cgroup_path, "cgroupPath");
+        keep!(instance, "instance");
+        keep!(state_dir, "stateDir");
+        keep!(pin_dir, "pinDir");
+        keep!(run_dir, "runDir");
+        keep!(metrics_address, "metricsAddress");
+        keep!(fail_open, "failOpen");
+        keep!(access_log, "accessLog");
+        keep!(resolver, "resolver");
+        // DNS: everything is live but where the proxy listens (and whether it
+        // runs at all).
+        match (&self.dns, &mut merged.dns) {
+            (Some(old), Some(new)) if old.proxy.listen != new.proxy.listen => {
+                pending.push("dns.listen");
+                new.proxy.listen = old.proxy.listen.clone();
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                pending.push("dns");
+                merged.dns = self.dns.clone();
+            }
+            _ => {}
+        }
+        (merged, pending)
+    }
+
+    /// The workload interfaces the interface line attaches to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.workloads
+            .iter()
+            .filter_map(|w| w.interface.clone())
+            .collect()
+    }
+
     /// The running agent's pid, for `inspect` and `uninstall`.
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir.join(&self.instance).join("agent.pid")

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Established connections destroyed because their destination left the
     /// workload's view.
     pub revoked: IntCounterVec,
+    /// Reloads of the agent's configuration file, by result.
+    pub config_reloads: IntCounterVec,
     pub config_warnings: IntCounterVec,
     pub resources: IntGaugeVec,
     pub map_entries: IntGaugeVec,
@@ -95,6 +97,14 @@ impl Metrics {
                  destination left the workload's view",
             ),
             &["source_namespace", "source_workload", "destination_service"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "egress_config_reloads_total",
+                "Reloads of the agent's configuration file (SIGHUP or an edit), by result",
+            ),
+            &["result"],
         )
         .expect("valid metric");
         let config_rejected = IntCounterVec::new(
@@ -256,6 +266,7 @@ impl Metrics {
             Box::new(kernel_counters.clone()),
             Box::new(config_rejected.clone()),
             Box::new(revoked.clone()),
+            Box::new(config_reloads.clone()),
             Box::new(config_warnings.clone()),
             Box::new(resources.clone()),
             Box::new(map_entries.clone()),
@@ -286,6 +297,7 @@ impl Metrics {
             kernel_counters,
             config_rejected,
             revoked,
+            config_reloads,
             config_warnings,
             resources,
             map_entries,

@@ -198,13 +198,19 @@ fn servfail(query: &Message) -> Option<Vec<u8>> {
 
 /// The running proxy.
 pub struct Proxy<L: LearnSink> {
-    pub settings: Settings,
+    /// Replaced as a whole when the configuration is reloaded.
+    pub settings: watch::Receiver<Arc<Settings>>,
     pub tables: watch::Receiver<Arc<DnsTables>>,
     pub learned: Arc<L>,
     pub metrics: Arc<Metrics>,
 }
 
 impl<L: LearnSink> Proxy<L> {
+    /// The settings now (a reload may replace them between two queries).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.borrow().clone()
+    }
+
     /// Answers one query from `src`; `None` drops it.
     pub async fn handle(&self, query: &[u8], src: IpAddr, tcp: bool) -> Option<Vec<u8>> {
         let Ok(msg) = Message::from_vec(query) else {
@@ -215,6 +221,7 @@ impl<L: LearnSink> Proxy<L> {
             return None;
         };
         let tables = self.tables.borrow().clone();
+        let settings = self.settings();
         // Only workloads are answered: the proxy is no open resolver on the node.
         let Some((client, view)) = tables.client(src) else {
             self.metrics
@@ -223,11 +230,11 @@ impl<L: LearnSink> Proxy<L> {
                 .inc();
             return answer(&msg, ResponseCode::Refused);
         };
-        if let Some(resp) = local_answer(&msg, view, self.settings.vip_ttl) {
+        if let Some(resp) = local_answer(&msg, view, settings.vip_ttl) {
             self.metrics.dns_queries.with_label_values(&["vip"]).inc();
             return resp.to_vec().ok();
         }
-        if self.settings.refuse_unregistered
+        if settings.refuse_unregistered
             && client.registry_only
             && msg
                 .queries
@@ -251,9 +258,9 @@ impl<L: LearnSink> Proxy<L> {
         upstream_query[..2].copy_from_slice(&id.to_be_bytes());
         let started = Instant::now();
         let reply = if tcp {
-            self.upstream_tcp(&upstream_query, id, &msg).await
+            self.upstream_tcp(&settings, &upstream_query, id, &msg).await
         } else {
-            self.upstream_udp(&upstream_query, id, &msg).await
+            self.upstream_udp(&settings, &upstream_query, id, &msg).await
         };
         self.metrics
             .dns_upstream_seconds
@@ -278,7 +285,7 @@ impl<L: LearnSink> Proxy<L> {
                 host,
                 &ips,
                 ttl,
-                &self.settings,
+                &settings,
                 crate::events::boot_ns(),
             );
             // Written before the answer is released: the client's first
@@ -306,12 +313,13 @@ impl<L: LearnSink> Proxy<L> {
 
     async fn upstream_udp(
         &self,
+        settings: &Settings,
         query: &[u8],
         id: u16,
         asked: &Message,
     ) -> Result<Vec<u8>, String> {
         let mut last = String::from("no upstream configured");
-        for up in &self.settings.upstream {
+        for up in &settings.upstream {
             let bind = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
             let attempt = async {
                 // A new socket per query: a new random source port.
@@ -332,7 +340,7 @@ impl<L: LearnSink> Proxy<L> {
                         .inc();
                 }
             };
-            match tokio::time::timeout(self.settings.upstream_timeout, attempt).await {
+            match tokio::time::timeout(settings.upstream_timeout, attempt).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) => last = format!("{up}: {e}"),
                 Err(_) => last = format!("{up}: timeout"),
@@ -343,12 +351,13 @@ impl<L: LearnSink> Proxy<L> {
 
     async fn upstream_tcp(
         &self,
+        settings: &Settings,
         query: &[u8],
         id: u16,
         asked: &Message,
     ) -> Result<Vec<u8>, String> {
         let mut last = String::from("no upstream configured");
-        for up in &self.settings.upstream {
+        for up in &settings.upstream {
             let attempt = async {
                 let mut s = TcpStream::connect(up).await.map_err(|e| e.to_string())?;
                 s.write_u16(query.len() as u16)
@@ -367,7 +376,7 @@ impl<L: LearnSink> Proxy<L> {
                 }
                 Ok::<_, String>(buf)
             };
-            match tokio::time::timeout(self.settings.upstream_timeout, attempt).await {
+            match tokio::time::timeout(settings.upstream_timeout, attempt).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) => last = format!("{up}: {e}"),
                 Err(_) => last = format!("{up}: timeout"),
@@ -515,7 +524,8 @@ pub async fn serve_tcp<L: LearnSink>(
             let mut open = open.lock().expect("tcp table lock");
             let total: usize = open.values().sum();
             let mine = open.entry(ip).or_insert(0);
-            if *mine >= proxy.settings.tcp_per_source || total >= proxy.settings.tcp_total {
+            let settings = proxy.settings();
+            if *mine >= settings.tcp_per_source || total >= settings.tcp_total {
                 false
             } else {
                 *mine += 1;
@@ -533,7 +543,7 @@ pub async fn serve_tcp<L: LearnSink>(
         }
         let (p, open) = (proxy.clone(), open.clone());
         tokio::spawn(async move {
-            let timeout = p.settings.tcp_read_timeout;
+            let timeout = p.settings().tcp_read_timeout;
             loop {
                 // The whole message (length and body) within the timeout.
                 let read = async {
