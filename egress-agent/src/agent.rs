@@ -366,7 +366,10 @@ impl State {
         };
         let (merged, pending) = self.config.reloaded(new);
         for field in pending {
-            warn!(field, "changed in the configuration file: takes effect at the next start");
+            warn!(
+                field,
+                "changed in the configuration file: takes effect at the next start"
+            );
         }
         if let (Some(tx), Some(dns)) = (&self.dns_settings, &merged.dns) {
             tx.send_if_modified(|s| {
@@ -378,10 +381,7 @@ impl State {
             });
         }
         self.config = merged;
-        self.metrics
-            .config_reloads
-            .with_label_values(&["ok"])
-            .inc();
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         true
     }
 
@@ -581,15 +581,22 @@ fn watch(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::R
 
 /// Watches the agent's configuration file (through its directory: editors and
 /// Kubernetes ConfigMaps replace the file rather than write it).
-fn watch_file(path: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+fn watch_file(
+    path: &Path,
+) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
     use notify::Watcher;
     let name = path.file_name()?.to_owned();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(e) = res
             && !e.kind.is_access()
-            && e.paths.iter().any(|p| p.file_name() == Some(&name) || p.ends_with("..data"))
+            && e.paths
+                .iter()
+                .any(|p| p.file_name() == Some(&name) || p.ends_with("..data"))
         {
             let _ = tx.try_send(());
         }
@@ -598,7 +605,9 @@ fn watch_file(path: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::m
     .ok()?;
     watcher
         .watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| warn!(dir = %dir.display(), "cannot watch ({e}); SIGHUP reloads the configuration"))
+        .map_err(
+            |e| warn!(dir = %dir.display(), "cannot watch ({e}); SIGHUP reloads the configuration"),
+        )
         .ok()?;
     Some((watcher, rx))
 }

@@ -51,7 +51,16 @@ struct RawMeta {
     creation_timestamp: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Read only to bound their size (Kubernetes: 256 KiB in all).
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
+
+/// Kubernetes' limit on one object (etcd's request limit): a larger document is
+/// rejected before it is parsed.
+pub const MAX_DOCUMENT_BYTES: usize = 1536 * 1024;
+/// Kubernetes' limit on an object's annotations, keys and values together.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
 /// The resource kinds the agent reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -224,9 +233,12 @@ pub struct Documents {
     pub sidecars: Vec<Arc<Resource<SidecarSpec>>>,
     /// Problems found while reading (unparseable documents, unknown kinds).
     pub findings: Vec<Finding>,
-    /// Files that could not be read or parsed as YAML at all: what they held
-    /// before is unknown, so its last good version is kept.
+    /// Files that could not be read or parsed as YAML at all, or hold a
+    /// document whose identity cannot be read: what they held before is kept.
     pub broken_files: Vec<PathBuf>,
+    /// Resources whose identity was read but not their content (a wrong type,
+    /// an unknown field, a bad apiVersion): their last good version is kept.
+    pub failed: Vec<(Kind, String, String, PathBuf)>,
 }
 
 impl Documents {
@@ -340,6 +352,38 @@ pub fn parse_file_each(
     docs: &mut Documents,
     after_each: &mut dyn FnMut(&mut Documents),
 ) {
+    let oversize = oversize_documents(text);
+    let blanked;
+    let text = if oversize.is_empty() {
+        text
+    } else {
+        // Each oversize document is left out (as an empty one), unparsed.
+        let mut t = String::with_capacity(text.len());
+        let mut from = 0;
+        for (doc, start, end) in &oversize {
+            t.push_str(&text[from..*start]);
+            t.push_str("--- null\n");
+            from = *end;
+            let source = Source {
+                file: file.to_owned(),
+                doc: *doc,
+            };
+            docs.findings.push(doc_error(
+                &source,
+                None,
+                "",
+                format!(
+                    "document of {} KiB: over Kubernetes' {} KiB object limit; not read",
+                    (end - start) / 1024,
+                    MAX_DOCUMENT_BYTES / 1024
+                ),
+            ));
+        }
+        t.push_str(&text[from..]);
+        docs.broken_files.push(file.to_owned());
+        blanked = t;
+        &blanked
+    };
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let source = Source {
             file: file.to_owned(),
@@ -363,6 +407,31 @@ pub fn parse_file_each(
     }
 }
 
+/// Documents of `text` over [`MAX_DOCUMENT_BYTES`]: (number from 1, start,
+/// end). Documents start at a line beginning with `---` (a document marker
+/// cannot appear anywhere else at the start of a line).
+fn oversize_documents(text: &str) -> Vec<(usize, usize, usize)> {
+    if text.len() <= MAX_DOCUMENT_BYTES {
+        return Vec::new();
+    }
+    let mut starts = vec![0];
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        if pos > 0 && line.starts_with("---") {
+            starts.push(pos);
+        }
+        pos += line.len();
+    }
+    let mut out = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        if end - start > MAX_DOCUMENT_BYTES {
+            out.push((i + 1, start, end));
+        }
+    }
+    out
+}
+
 fn doc_error(source: &Source, kind: Option<&str>, field: &str, message: String) -> Finding {
     Finding {
         level: Level::Error,
@@ -383,6 +452,8 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
     let Some(kind_str) = get_str("kind") else {
         docs.findings
             .push(doc_error(&source, None, "kind", "missing `kind`".into()));
+        // Which resource this was is unknown: the file's last good ones stay.
+        docs.broken_files.push(source.file.clone());
         return;
     };
     let Some(kind) = Kind::parse(&kind_str) else {
@@ -415,6 +486,7 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
                     &format!("metadata.{}", e.path()),
                     e.inner().to_string(),
                 ));
+                docs.broken_files.push(source.file.clone());
                 return;
             }
         }
@@ -439,6 +511,33 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
     if meta.name.is_empty() {
         docs.findings
             .push(fail("metadata.name", "Required value".into(), &meta));
+        docs.broken_files.push(source.file.clone());
+        return;
+    }
+    // From here on the resource is known: whatever fails keeps its last good
+    // version in force.
+    let failed = (
+        kind,
+        meta.namespace.clone(),
+        meta.name.clone(),
+        source.file.clone(),
+    );
+    let annotations: usize = raw_meta
+        .annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotations > MAX_ANNOTATION_BYTES {
+        docs.findings.push(fail(
+            "metadata.annotations",
+            format!(
+                "annotations of {} KiB: over Kubernetes' {} KiB limit",
+                annotations / 1024,
+                MAX_ANNOTATION_BYTES / 1024
+            ),
+            &meta,
+        ));
+        docs.failed.push(failed);
         return;
     }
     if !API_VERSIONS.contains(&api_version.as_str()) {
@@ -450,6 +549,7 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
             ),
             &meta,
         ));
+        docs.failed.push(failed);
         return;
     }
     if let Some(ts) = raw_meta.creation_timestamp {
@@ -461,6 +561,7 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
                     format!("{ts:?} is not an RFC 3339 time: {e}"),
                     &meta,
                 ));
+                docs.failed.push(failed);
                 return;
             }
         }
@@ -473,6 +574,7 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
         let mut f = fail("spec", "Required value".into(), &meta);
         f.rule = (kind == Kind::ServiceEntry).then_some("SE-S1");
         docs.findings.push(f);
+        docs.failed.push(failed);
         return;
     }
     fn typed<T: DeserializeOwned>(
@@ -512,6 +614,7 @@ fn parse_document(source: Source, value: serde_yaml::Value, docs: &mut Documents
         };
     if let Err((field, message)) = result {
         docs.findings.push(fail(&field, message, &meta));
+        docs.failed.push(failed);
     }
 }
 

@@ -113,29 +113,46 @@ pub fn read_documents(docs: &Documents, ctx: &Context) -> Read {
 fn read_into(docs: &Documents, ctx: &Context, read: &mut Read, last: &mut Option<Arc<Path>>) {
     read.findings.extend(docs.findings.iter().cloned());
     read.broken_files.extend(docs.broken_files.iter().cloned());
+    // Documents that never became a resource; those whose identity is known
+    // (`failed`) are entries below.
     read.unparsed += docs
         .findings
         .iter()
         .filter(|f| f.level == Level::Error)
-        .count();
-    let mut push = |id: Id, file: &Path, findings: Vec<Finding>, payload: &dyn Fn() -> Payload| {
-        let valid = !findings.iter().any(|f| f.level == Level::Error);
-        let file = match &*last {
-            Some(p) if &**p == file => p.clone(),
-            _ => {
-                let p: Arc<Path> = Arc::from(file);
-                *last = Some(p.clone());
-                p
-            }
+        .count()
+        .saturating_sub(docs.failed.len());
+    let mut push =
+        |id: Id, file: &Path, findings: Option<Vec<Finding>>, payload: &dyn Fn() -> Payload| {
+            // None: the resource did not parse (its findings are the document's).
+            let valid = findings
+                .as_ref()
+                .is_some_and(|f| !f.iter().any(|f| f.level == Level::Error));
+            let file = match &*last {
+                Some(p) if &**p == file => p.clone(),
+                _ => {
+                    let p: Arc<Path> = Arc::from(file);
+                    *last = Some(p.clone());
+                    p
+                }
+            };
+            read.entries.push(Arc::new(Entry {
+                id,
+                file,
+                valid,
+                payload: if valid { payload() } else { Payload::Validated },
+            }));
+            read.findings.extend(findings.into_iter().flatten());
         };
-        read.entries.push(Arc::new(Entry {
-            id,
+    // Known resources whose content did not parse: invalid entries, so the
+    // store keeps their last good version (their findings are in `docs`).
+    for (kind, namespace, name, file) in &docs.failed {
+        push(
+            (*kind, namespace.clone(), name.clone()),
             file,
-            valid,
-            payload: if valid { payload() } else { Payload::Validated },
-        }));
-        read.findings.extend(findings);
-    };
+            None,
+            &|| Payload::Validated,
+        );
+    }
     for r in &docs.service_entries {
         // Built with the exact length: these vectors live as long as the entry.
         let convert = || {
@@ -147,28 +164,34 @@ fn read_into(docs: &Documents, ctx: &Context, read: &mut Read, last: &mut Option
         push(
             id(Kind::ServiceEntry, r),
             &r.source.file,
-            validate::service_entry(r, ctx),
+            Some(validate::service_entry(r, ctx)),
             &convert,
         );
     }
     for r in &docs.destination_rules {
         let f = validate_traffic::destination_rule(r);
-        push(id(Kind::DestinationRule, r), &r.source.file, f, &|| {
-            Payload::Validated
-        });
+        push(
+            id(Kind::DestinationRule, r),
+            &r.source.file,
+            Some(f),
+            &|| Payload::Validated,
+        );
     }
     for r in &docs.virtual_services {
         let f = validate_traffic::virtual_service(r);
-        push(id(Kind::VirtualService, r), &r.source.file, f, &|| {
-            Payload::Validated
-        });
+        push(
+            id(Kind::VirtualService, r),
+            &r.source.file,
+            Some(f),
+            &|| Payload::Validated,
+        );
     }
     for r in &docs.sidecars {
         let scope = || Payload::Sidecar(Arc::new(SidecarScope::from_resource(r)));
         push(
             id(Kind::Sidecar, r),
             &r.source.file,
-            validate_traffic::sidecar(r),
+            Some(validate_traffic::sidecar(r)),
             &scope,
         );
     }
@@ -327,6 +350,90 @@ mod tests {
         s.services()
             .flat_map(|x| x.vips.iter().map(ToString::to_string))
             .collect()
+    }
+
+    /// Every kind of error in a resource keeps its last good version: one
+    /// guarantee, whatever failed.
+    #[test]
+    fn every_kind_of_error_keeps_the_last_good_version() {
+        let other = GOOD
+            .replace("name: a,", "name: b,")
+            .replace("a.example", "b.example")
+            .replace("240.240.1.1", "240.240.1.2");
+        let both = format!("{GOOD}---\n{other}");
+        let broken: Vec<(&str, String)> = vec![
+            (
+                "unknown field",
+                GOOD.replace("resolution: STATIC", "resolution: STATIC, resolutoin: DNS"),
+            ),
+            (
+                "wrong type",
+                GOOD.replace("addresses: [240.240.1.1]", "addresses: 240"),
+            ),
+            ("bad YAML", GOOD.replace("spec: {", "spec: {{")),
+            ("Istio rule", GOOD.replace("name: http", "name: Bad_Name")),
+            (
+                "wrong apiVersion",
+                GOOD.replace("networking.istio.io/v1", "networking.istio.io/v9"),
+            ),
+            (
+                "spec removed",
+                GOOD.split("spec:").next().unwrap().to_owned(),
+            ),
+            ("name removed", GOOD.replace("name: a, ", "")),
+            ("kind removed", GOOD.replace("kind: ServiceEntry\n", "")),
+            (
+                "oversize annotations",
+                GOOD.replace(
+                    "namespace: ns}",
+                    &format!(
+                        "namespace: ns, annotations: {{big: {}}}}}",
+                        "x".repeat(300 * 1024)
+                    ),
+                ),
+            ),
+            (
+                "oversize document",
+                GOOD.replace(
+                    "resolution: STATIC",
+                    &format!(
+                        "resolution: STATIC, description: {}",
+                        "x".repeat(1600 * 1024)
+                    ),
+                ),
+            ),
+        ];
+        for (what, bad) in broken {
+            let mut s = Store::default();
+            let ctx = Context::default();
+            assert_eq!(s.load(&docs("a.yaml", &both), &ctx).counts, counts(2, 0, 0));
+            // The broken version of `a` next to an unchanged `b`.
+            let started = std::time::Instant::now();
+            let report = s.load(&docs("a.yaml", &format!("{bad}\n---\n{other}")), &ctx);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{what}: parsed for {:?}",
+                started.elapsed()
+            );
+            let mut v = vips(&s);
+            v.sort();
+            assert_eq!(
+                v,
+                ["240.240.1.1", "240.240.1.2"],
+                "{what}: {:?}",
+                report.findings
+            );
+            assert!(
+                report.findings.iter().any(|f| f.level == Level::Error),
+                "{what}: no error reported"
+            );
+            let f = report
+                .findings
+                .iter()
+                .find(|f| f.level == Level::Error)
+                .unwrap();
+            assert_eq!(f.file, Path::new("a.yaml"), "{what}");
+        }
     }
 
     #[test]

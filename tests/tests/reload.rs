@@ -90,10 +90,18 @@ fn sighup_applies_a_policy_switch_and_revokes_what_it_now_refuses() {
     held.wait().unwrap();
     // The registry still works, the agent still runs (SIGHUP used to kill it).
     assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
-    assert!(agent.log_text().contains("SIGHUP: reloading the configuration"));
+    assert!(
+        agent
+            .log_text()
+            .contains("SIGHUP: reloading the configuration")
+    );
     assert!(reloads(&agent, "ok") >= 1.0);
     assert_eq!(
-        metric_sum(&agent.metrics_text(), "egress_revoked_connections_total", &[]),
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_revoked_connections_total",
+            &[]
+        ),
         1.0
     );
 }
@@ -108,12 +116,24 @@ fn an_edit_is_applied_and_a_broken_file_keeps_the_running_configuration() {
 
     // A file that does not parse: nothing changes, the reason is logged.
     let good = std::fs::read_to_string(w.config_path()).unwrap();
-    std::fs::write(w.config_path(), format!("{good}\noutboundTrafficPolicy: [oops\n")).unwrap();
+    std::fs::write(
+        w.config_path(),
+        format!("{good}\noutboundTrafficPolicy: [oops\n"),
+    )
+    .unwrap();
     assert!(wait_for(|| reloads(&agent, "error") >= 1.0));
-    assert!(agent.log_text().contains("configuration reload failed, the running configuration stays"));
+    assert!(
+        agent
+            .log_text()
+            .contains("configuration reload failed, the running configuration stays")
+    );
     assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, libc::EPERM);
     // An unknown field is an error too, not silently ignored.
-    std::fs::write(w.config_path(), format!("{good}outbondTrafficPolicy: {{mode: ALLOW_ANY}}\n")).unwrap();
+    std::fs::write(
+        w.config_path(),
+        format!("{good}outbondTrafficPolicy: {{mode: ALLOW_ANY}}\n"),
+    )
+    .unwrap();
     assert!(wait_for(|| reloads(&agent, "error") >= 2.0));
     assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, libc::EPERM);
 
@@ -134,4 +154,37 @@ fn an_edit_is_applied_and_a_broken_file_keeps_the_running_configuration() {
     std::fs::write(w.config_path(), format!("{text}failOpen: true\n")).unwrap();
     assert!(wait_for(|| agent.log_text().contains("field=\"failOpen\"")
         || agent.log_text().contains("field=failOpen")));
+}
+
+#[test]
+fn a_typo_in_a_live_service_entry_keeps_its_last_good_version() {
+    let w = World::new(3);
+    w.write_se("legacy.yaml", LEGACY);
+    let _ext1 = w.ext_server(1, 8080, "ext1");
+    let agent = w.start_agent("REGISTRY_ONLY", "");
+    assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
+    // An unknown field (a typo) in the live entry.
+    w.write_se(
+        "legacy.yaml",
+        &LEGACY.replace("resolution: STATIC", "resolutoin: STATIC"),
+    );
+    let stale = || {
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_config_resources",
+            &[("state", "stale")],
+        )
+    };
+    assert!(wait_for(|| stale() == 1.0), "not reported stale");
+    let log = agent.log_text();
+    assert!(
+        log.contains("legacy.yaml") && log.contains("resolutoin") && log.contains("legacy"),
+        "file, field and resource not named:\n{log}"
+    );
+    // Still in force.
+    assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
+    // Fixed: no longer stale.
+    w.write_se("legacy.yaml", LEGACY);
+    assert!(wait_for(|| stale() == 0.0));
+    assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
 }

@@ -258,9 +258,11 @@ impl<L: LearnSink> Proxy<L> {
         upstream_query[..2].copy_from_slice(&id.to_be_bytes());
         let started = Instant::now();
         let reply = if tcp {
-            self.upstream_tcp(&settings, &upstream_query, id, &msg).await
+            self.upstream_tcp(&settings, &upstream_query, id, &msg)
+                .await
         } else {
-            self.upstream_udp(&settings, &upstream_query, id, &msg).await
+            self.upstream_udp(&settings, &upstream_query, id, &msg)
+                .await
         };
         self.metrics
             .dns_upstream_seconds
@@ -280,14 +282,8 @@ impl<L: LearnSink> Proxy<L> {
         if let Ok(parsed) = Message::from_vec(&reply)
             && let Some((host, ips, ttl)) = learn_from(&parsed, view)
         {
-            let entries = learned_entries(
-                client,
-                host,
-                &ips,
-                ttl,
-                &settings,
-                crate::events::boot_ns(),
-            );
+            let entries =
+                learned_entries(client, host, &ips, ttl, &settings, crate::events::boot_ns());
             // Written before the answer is released: the client's first
             // connect() after it can never race the map write.
             if let Err(e) = self.learned.learn(&entries) {
