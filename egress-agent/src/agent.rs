@@ -15,98 +15,33 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::alloc::{self, Remembered};
-use crate::catalog::Catalog;
-use crate::compile::{Ids, compile, dns_names};
 use crate::config::{Config, OnExit};
+use crate::dataplane::catalog::Catalog;
+use crate::dataplane::compile::{Ids, compile, dns_names};
+use crate::dataplane::loader::{self, LoadOptions, PolicyMaps};
+use crate::dataplane::sync::Syncer;
+use crate::dataplane::workloads::{self, Workload};
 use crate::dns::DnsTables;
 use crate::dns::resolver::{HickoryResolve, Resolved, Tracker};
 use crate::istio::Level;
-use crate::loader::{self, LoadOptions, PolicyMaps};
-use crate::metrics::{self, Metrics, StatsPoller};
-use crate::registry::{self, Service};
-use crate::scope::SidecarScope;
-use crate::store::{FileCache, LoadReport, Store};
-use crate::sync::Syncer;
-use crate::validate;
-use crate::workloads::{self, Workload};
+use crate::registry::alloc::{self, Remembered};
+use crate::registry::store::{FileCache, LoadReport, Store};
+use crate::telemetry::metrics::{self, Metrics, StatsPoller};
+
+use crate::registry::pipeline::{Registry, reload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Preflight(#[from] crate::preflight::PreflightError),
+    Preflight(#[from] crate::dataplane::preflight::PreflightError),
     #[error(transparent)]
     Load(#[from] loader::LoadError),
     #[error("applying the registry to the kernel: {0}")]
-    Sync(#[from] crate::sync::SyncError),
-    #[error("reading ServiceEntries from {}: {source}", path.display())]
-    Registry {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    Sync(#[from] crate::dataplane::sync::SyncError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::pipeline::ReadError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// What the compile step needs from the configuration files.
-#[derive(Clone, Debug, Default)]
-pub struct Registry {
-    /// Merged, with automatic VIPs, in Service order.
-    pub services: Vec<Arc<Service>>,
-    pub sidecars: Vec<SidecarScope>,
-}
-
-/// Validation settings from the agent configuration.
-pub fn validation_context(config: &Config) -> validate::Context {
-    validate::Context {
-        auto_allocate: config.istio_compat.auto_allocate,
-    }
-}
-
-/// Reads the configuration directory into `store` (last good versions kept) and
-/// builds the registry from what the store holds.
-pub fn reload(
-    config: &Config,
-    cache: &mut FileCache,
-    store: &mut Store,
-    remembered: &Remembered,
-) -> Result<(LoadReport, Registry, Remembered), AgentError> {
-    let started = Instant::now();
-    let read = cache
-        .load_dir(&config.service_entry_dir, &validation_context(config))
-        .map_err(|source| AgentError::Registry {
-            path: config.service_entry_dir.clone(),
-            source,
-        })?;
-    let read_done = Instant::now();
-    let report = store.apply(&read);
-    let (registry, memory) = build_registry(config, store, remembered);
-    tracing::debug!(
-        read_ms = (read_done - started).as_secs_f64() * 1e3,
-        build_ms = read_done.elapsed().as_secs_f64() * 1e3,
-        "reload phases"
-    );
-    Ok((report, registry, memory))
-}
-
-/// Converts, merges and allocates the store's resources.
-pub fn build_registry(
-    config: &Config,
-    store: &Store,
-    remembered: &Remembered,
-) -> (Registry, Remembered) {
-    let (mut services, warnings) = registry::merge(store.services().cloned().collect());
-    for w in warnings {
-        warn!(namespace = %w.namespace, host = %w.host, service_entry = %w.se_name, "{}", w.message);
-    }
-    let memory = if config.istio_compat.auto_allocate {
-        alloc::allocate(&mut services, &config.vip_ranges, remembered)
-    } else {
-        Remembered::new()
-    };
-    let sidecars = store.sidecars().map(|s| s.as_ref().clone()).collect();
-    (Registry { services, sidecars }, memory)
 }
 
 fn report(load: &LoadReport, metrics: &Metrics) {
@@ -201,11 +136,11 @@ struct State {
     /// Ids assigned when they were last saved.
     ids_saved: usize,
     /// What the last successful sync put in the kernel (revocation compares).
-    applied: Option<crate::compile::Desired>,
+    applied: Option<crate::dataplane::compile::Desired>,
     /// Destroys revoked connections; None where the kernel cannot.
-    revoker: Option<crate::revoke::Revoker>,
+    revoker: Option<crate::dataplane::revoke::Revoker>,
     /// The access log.
-    sink: Arc<std::sync::Mutex<crate::events::Sink>>,
+    sink: Arc<std::sync::Mutex<crate::telemetry::events::Sink>>,
     /// The DNS proxy's settings (replaced by a reload).
     dns_settings: Option<watch::Sender<Arc<crate::dns::proxy::Settings>>>,
 }
@@ -280,7 +215,7 @@ impl State {
     /// Destroys the established connections whose destination left a
     /// workload's view between the last applied state and `desired` (now in
     /// the kernel), logging and counting each one.
-    fn revoke(&mut self, desired: crate::compile::Desired, catalog: &Catalog) {
+    fn revoke(&mut self, desired: crate::dataplane::compile::Desired, catalog: &Catalog) {
         let old = self.applied.replace(desired);
         let (Some(old), Some(revoker), true) = (old, &self.revoker, self.config.revoke_established)
         else {
@@ -314,7 +249,7 @@ impl State {
                 .map(|w| (w.namespace.clone(), w.name.clone()))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
             let host = catalog.service(r.service_id).map(|s| s.host.clone());
-            let record = crate::events::Record {
+            let record = crate::telemetry::events::Record {
                 time: time.clone(),
                 verdict: "revoked",
                 reason: "view_changed",
@@ -493,7 +428,7 @@ fn save_ids(path: &Path, ids: &Ids) -> std::io::Result<()> {
 
 /// The saved id assignments, if they are usable.
 fn load_ids(path: &Path) -> Ids {
-    let saved: Option<crate::compile::SavedIds> = std::fs::read(path)
+    let saved: Option<crate::dataplane::compile::SavedIds> = std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match saved {
@@ -544,7 +479,7 @@ async fn learned_gc(learned: Arc<std::sync::Mutex<loader::LearnedMap>>, metrics:
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let now = crate::events::boot_ns();
+        let now = crate::telemetry::events::boot_ns();
         let mut map = learned.lock().expect("learned map lock");
         let entries: Vec<_> = map.iter().flatten().collect();
         let mut live = 0;
@@ -685,7 +620,7 @@ fn raise_nofile() {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), AgentError> {
     raise_nofile();
-    crate::preflight::check(&config.cgroup_path)?;
+    crate::dataplane::preflight::check(&config.cgroup_path)?;
     if Some(config.cgroup_path.as_path()) == crate::config::cgroup2_mount().as_deref() {
         warn!(
             cgroup = %config.cgroup_path.display(),
@@ -714,7 +649,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
 
     let interval_ns = 1_000_000_000 / u64::from(config.access_log.rate_per_second);
-    let sink = Arc::new(std::sync::Mutex::new(crate::events::Sink::open(
+    let sink = Arc::new(std::sync::Mutex::new(crate::telemetry::events::Sink::open(
         config.access_log.path.as_deref(),
     )?));
     let object = match std::env::var_os("EGRESS_BPF_OBJECT") {
@@ -839,7 +774,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
 
     if state.config.revoke_established {
-        match crate::revoke::Revoker::new(&state.config.pin_path()) {
+        match crate::dataplane::revoke::Revoker::new(&state.config.pin_path()) {
             Ok(r) => state.revoker = Some(r),
             Err(e) => warn!(
                 "cannot revoke established connections ({e}): this needs bpf_sock_destroy \
@@ -909,7 +844,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     tasks.spawn(learned_gc(learned, metrics.clone()));
     tasks.spawn(async move {
-        if let Err(e) = crate::events::run(telemetry.events, catalog.clone(), sink).await {
+        if let Err(e) = crate::telemetry::events::run(telemetry.events, catalog.clone(), sink).await
+        {
             error!("event reader stopped: {e}");
         }
     });

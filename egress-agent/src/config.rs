@@ -2,10 +2,11 @@
 //! to attach, which cgroups are workloads, where the ServiceEntry YAML lives.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 /// Errors reading the agent configuration.
@@ -255,14 +256,14 @@ struct RawResolver {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
     pub capture: bool,
-    pub proxy: crate::dns::proxy::Settings,
+    pub proxy: DnsProxySettings,
 }
 
 /// The resolver settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolverConfig {
     pub upstream: Vec<SocketAddr>,
-    pub settings: crate::dns::resolver::Settings,
+    pub settings: ResolverSettings,
     pub timeout: std::time::Duration,
 }
 
@@ -348,7 +349,7 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     pub istio_compat: IstioCompat,
     /// Where automatic VIPs come from (SPEC §4.5).
-    pub vip_ranges: crate::alloc::Ranges,
+    pub vip_ranges: Ranges,
     /// `meshConfig.defaultServiceExportTo` (default `["*"]`).
     pub default_export_to: Vec<String>,
     /// `meshConfig.rootNamespace` (default `istio-system`): its selector-less
@@ -592,7 +593,7 @@ impl Config {
          -> Result<std::time::Duration, ConfigError> {
             match v {
                 None => Ok(std::time::Duration::from_millis(default)),
-                Some(s) => crate::validate_traffic::parse_duration(s)
+                Some(s) => parse_duration(s)
                     .filter(|ns| *ns >= 0)
                     .map(|ns| std::time::Duration::from_nanos(ns as u64))
                     .ok_or_else(|| {
@@ -605,11 +606,8 @@ impl Config {
         };
         let r = &raw.resolver;
         let resolver = ResolverConfig {
-            upstream: r
-                .upstream
-                .clone()
-                .unwrap_or_else(crate::dns::resolver::system_upstream),
-            settings: crate::dns::resolver::Settings {
+            upstream: r.upstream.clone().unwrap_or_else(system_upstream),
+            settings: ResolverSettings {
                 min_ttl: duration("resolver.minTtl", &r.min_ttl, 1_000)?,
                 max_ttl: duration("resolver.maxTtl", &r.max_ttl, 300_000)?,
                 stale_limit: duration("resolver.staleLimit", &r.stale_limit, 3_600_000)?,
@@ -637,7 +635,7 @@ impl Config {
                 }
                 Some(DnsSettings {
                     capture: d.capture.unwrap_or(true),
-                    proxy: crate::dns::proxy::Settings {
+                    proxy: DnsProxySettings {
                         listen: d.listen.clone(),
                         upstream: d
                             .upstream
@@ -671,7 +669,7 @@ impl Config {
             dns,
             resolver,
             istio_compat: raw.istio_compat,
-            vip_ranges: crate::alloc::Ranges {
+            vip_ranges: Ranges {
                 v4: v4.trunc(),
                 v6: v6.trunc(),
             },
@@ -731,6 +729,167 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(dir))
     })
+}
+
+// ---------------------------------------------------------------------------------
+// Settings other parts of the agent take from here (the config is a leaf).
+// ---------------------------------------------------------------------------------
+
+/// The ranges VIPs come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ranges {
+    pub v4: Ipv4Net,
+    pub v6: Ipv6Net,
+}
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Self {
+            v4: "240.240.0.0/16".parse().unwrap(),
+            v6: "2001:2::/48".parse().unwrap(),
+        }
+    }
+}
+
+impl Ranges {
+    /// Usable IPv4 addresses (last octet 1..254). The range must be /24 or wider.
+    pub fn slots(&self) -> u32 {
+        let blocks = 1u64 << (24 - u32::from(self.v4.prefix_len().min(24)));
+        (blocks * 254).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Offset from the range start of slot `k`'s IPv4 address.
+    fn offset(k: u32) -> u32 {
+        (k / 254) * 256 + (k % 254) + 1
+    }
+
+    pub fn v4_of(&self, k: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.v4.network()) + Self::offset(k))
+    }
+
+    pub fn v6_of(&self, k: u32) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.v6.network()) + 0xf0f0_0000 + u128::from(Self::offset(k)))
+    }
+
+    /// The slot an address stands for, if it is one of ours.
+    pub fn slot_of(&self, ip: IpAddr) -> Option<u32> {
+        let offset = match ip {
+            IpAddr::V4(a) if self.v4.contains(&a) => u32::from(a) - u32::from(self.v4.network()),
+            IpAddr::V6(a) if self.v6.contains(&a) => {
+                let off = u128::from(a).checked_sub(u128::from(self.v6.network()) + 0xf0f0_0000)?;
+                u32::try_from(off).ok()?
+            }
+            _ => return None,
+        };
+        let (block, last) = (offset / 256, offset % 256);
+        if last == 0 || last == 255 {
+            return None;
+        }
+        let k = block * 254 + last - 1;
+        (k < self.slots()).then_some(k)
+    }
+}
+
+/// The DNS proxy's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsProxySettings {
+    pub listen: Vec<SocketAddr>,
+    pub upstream: Vec<SocketAddr>,
+    /// TTL of VIP answers.
+    pub vip_ttl: u32,
+    /// Clamp of learned entries' lifetime (SPEC §7.1 `dnsLearnedMinTtl/MaxTtl`).
+    pub learned_min_ttl: Duration,
+    pub learned_max_ttl: Duration,
+    pub upstream_timeout: Duration,
+    /// NXDOMAIN for names outside a REGISTRY_ONLY workload's view (not forwarded).
+    pub refuse_unregistered: bool,
+    /// TCP: the longest one message may take to arrive.
+    pub tcp_read_timeout: Duration,
+    /// TCP connections at once per source address, and in total.
+    pub tcp_per_source: usize,
+    pub tcp_total: usize,
+}
+
+/// The resolver's refresh settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolverSettings {
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How long a last good answer stays in use while resolution fails.
+    pub stale_limit: Duration,
+    /// Delay before retrying a failed resolution.
+    pub retry: Duration,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            stale_limit: Duration::from_secs(3600),
+            retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The nameservers of /etc/resolv.conf (port 53).
+pub fn system_upstream() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Parses a duration as Kubernetes/Go writes it (`10s`, `1.5s`, `100ms`, `1m30s`,
+/// `0.5ms`) into nanoseconds.
+pub fn parse_duration(s: &str) -> Option<i128> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(0);
+    }
+    let mut rest = s;
+    let mut total: i128 = 0;
+    let mut any = false;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_end);
+        if num.is_empty() {
+            return None;
+        }
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let unit_ns: i128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let int: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+        let mut value = int.checked_mul(unit_ns)?;
+        if !frac.is_empty() {
+            let digits = frac.len().min(18) as u32;
+            let frac_val: i128 = frac[..digits as usize].parse().ok()?;
+            value += frac_val * unit_ns / 10i128.pow(digits);
+        }
+        total = total.checked_add(value)?;
+        rest = tail;
+        any = true;
+    }
+    any.then_some(total)
 }
 
 #[cfg(test)]

@@ -1,34 +1,31 @@
 //! egress agent: compiles Istio ServiceEntries into eBPF maps and keeps the kernel's
 //! per-`connect()` enforcement in step with them.
 //!
-//! Data flow: [`config`] and [`istio`] (read) → [`validate`] → [`registry`] (model) →
-//! [`workloads`] → [`compile`] (desired map content) → [`sync`] (diff) → [`loader`]
-//! (kernel); [`events`] and [`metrics`] carry what the kernel saw back out.
+//! The folders are the architecture:
+//! - [`config`]: the agent's own configuration (a leaf: it imports nothing of
+//!   the agent).
+//! - [`istio`]: Istio's resources read from YAML (parse), and validated as Istio
+//!   validates them.
+//! - [`registry`]: what validated resources mean: services and their hosts, the
+//!   last good version of each resource ([`registry::store`]), VIP allocation,
+//!   Sidecar scopes, and the reload pipeline that `run` and `explain` share.
+//! - [`dataplane`]: the kernel side. [`dataplane::compile`] turns the registry
+//!   and the workloads into the desired content of every map; the owner
+//!   ([`dataplane::Owner`]) alone holds the loaded programs and maps: it applies
+//!   desired state as a diff ([`dataplane::sync`]), writes what the DNS proxy
+//!   learns, collects expired entries and revokes connections.
+//! - [`dns`]: the DNS proxy the workloads' queries are captured to, and the
+//!   resolver of DNS endpoints.
+//! - [`telemetry`]: metrics (each subsystem registers its own families) and the
+//!   access log.
+//! - [`agent`] is the daemon (`egress-agent run`); [`cli`] holds the other
+//!   commands (`validate`, `explain`, `inspect`).
 
 pub mod agent;
-pub mod alloc;
-pub mod bpfsys;
-pub mod catalog;
-pub mod check;
 pub mod cli;
-pub mod compile;
 pub mod config;
+pub mod dataplane;
 pub mod dns;
-pub mod events;
-pub mod explain;
-pub mod inspect;
 pub mod istio;
-pub mod loader;
-pub mod metrics;
-pub mod model;
-pub mod netlink;
-pub mod preflight;
 pub mod registry;
-pub mod revoke;
-pub mod scope;
-pub mod store;
-pub mod sync;
-pub mod traffic;
-pub mod validate;
-pub mod validate_traffic;
-pub mod workloads;
+pub mod telemetry;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use egress_agent::cli::{Cli, Command, Output, init_logging};
 use egress_agent::config::Config;
-use egress_agent::validate;
+use egress_agent::istio::validate;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -28,9 +28,9 @@ fn main() -> anyhow::Result<ExitCode> {
             let ctx = validate::Context {
                 auto_allocate: !no_auto_allocate,
             };
-            let report = egress_agent::check::validate_paths(&paths, &ctx)?;
+            let report = egress_agent::cli::check::validate_paths(&paths, &ctx)?;
             match output {
-                Output::Text => print!("{}", egress_agent::check::render_text(&report)),
+                Output::Text => print!("{}", egress_agent::cli::check::render_text(&report)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
             Ok(if report.valid {
@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Explain { config, from, to } => {
             let config = Config::load(&config)?;
-            print!("{}", egress_agent::explain::explain(&config, &from, &to)?);
+            print!(
+                "{}",
+                egress_agent::cli::explain::explain(&config, &from, &to)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { config } => {
@@ -62,13 +65,13 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Inspect { config, output } => {
             let config = Config::load(&config)?;
-            let snap = egress_agent::inspect::snapshot(
+            let snap = egress_agent::cli::inspect::snapshot(
                 &config.pin_path(),
                 &config.catalog_file(),
                 egress_agent::agent::running_pid(&config),
             )?;
             match output {
-                Output::Text => print!("{}", egress_agent::inspect::render_text(&snap)),
+                Output::Text => print!("{}", egress_agent::cli::inspect::render_text(&snap)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&snap)?),
             }
             Ok(ExitCode::SUCCESS)

@@ -188,19 +188,30 @@ fn registry_only_refuses_an_unregistered_ip_with_eperm_logs_and_counts_it() {
     let after = wait_metric(&agent, "egress_connections_total", &denied, before + 1.0);
     assert_eq!(after, before + 1.0, "exactly one denial counted");
 
-    let log = agent.wait_log(&format!("pid={pid}"), Duration::from_secs(5));
-    let line = log
-        .lines()
-        .find(|l| l.contains("connection denied") && l.contains(&format!("pid={pid}")))
-        .unwrap_or_else(|| panic!("no denial logged for pid {pid}:\n{log}"));
-    for needle in [
-        "process=egress-probe",
-        "workload=shop/web",
-        "destination=198.18.0.13",
-        "port=22",
-        "reason=\"registry_only\"",
+    // One line in the access log (its sink: standard output here), and only
+    // there: not repeated in the agent's own log.
+    let needle = format!("\"pid\":{pid},");
+    let log = agent.wait_log(&needle, Duration::from_secs(5));
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        !log.contains(&format!("pid={pid}")),
+        "also in the agent log:\n{log}"
+    );
+    for field in [
+        "\"verdict\":\"denied\"",
+        "\"process\":\"egress-probe\"",
+        "\"namespace\":\"shop\"",
+        "\"workload\":\"web\"",
+        "\"destination\":\"198.18.0.13\"",
+        "\"port\":22",
+        "\"reason\":\"registry_only\"",
     ] {
-        assert!(line.contains(needle), "{needle} missing from {line}");
+        assert!(
+            lines[0].contains(field),
+            "{field} missing from {}",
+            lines[0]
+        );
     }
 }
 

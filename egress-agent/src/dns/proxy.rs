@@ -17,35 +17,17 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::table::{DnsClient, DnsTables, HostDns, ViewDns};
-use crate::metrics::Metrics;
+pub use crate::config::DnsProxySettings as Settings;
 
-/// Proxy settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub listen: Vec<SocketAddr>,
-    pub upstream: Vec<SocketAddr>,
-    /// TTL of VIP answers.
-    pub vip_ttl: u32,
-    /// Clamp of learned entries' lifetime (SPEC §7.1 `dnsLearnedMinTtl/MaxTtl`).
-    pub learned_min_ttl: Duration,
-    pub learned_max_ttl: Duration,
-    pub upstream_timeout: Duration,
-    /// NXDOMAIN for names outside a REGISTRY_ONLY workload's view (not forwarded).
-    pub refuse_unregistered: bool,
-    /// TCP: the longest one message may take to arrive.
-    pub tcp_read_timeout: Duration,
-    /// TCP connections at once per source address, and in total.
-    pub tcp_per_source: usize,
-    pub tcp_total: usize,
-}
+use super::table::{DnsClient, DnsTables, HostDns, ViewDns};
+use crate::telemetry::metrics::Metrics;
 
 /// Where learned destinations go: the kernel map in the agent.
 pub trait LearnSink: Send + Sync + 'static {
     fn learn(&self, entries: &[(LearnedKey, LearnedValue)]) -> Result<(), String>;
 }
 
-impl LearnSink for Mutex<crate::loader::LearnedMap> {
+impl LearnSink for Mutex<crate::dataplane::loader::LearnedMap> {
     fn learn(&self, entries: &[(LearnedKey, LearnedValue)]) -> Result<(), String> {
         let mut map = self.lock().expect("learned map lock");
         for (k, v) in entries {
@@ -282,8 +264,14 @@ impl<L: LearnSink> Proxy<L> {
         if let Ok(parsed) = Message::from_vec(&reply)
             && let Some((host, ips, ttl)) = learn_from(&parsed, view)
         {
-            let entries =
-                learned_entries(client, host, &ips, ttl, &settings, crate::events::boot_ns());
+            let entries = learned_entries(
+                client,
+                host,
+                &ips,
+                ttl,
+                &settings,
+                crate::telemetry::events::boot_ns(),
+            );
             // Written before the answer is released: the client's first
             // connect() after it can never race the map write.
             if let Err(e) = self.learned.learn(&entries) {

@@ -4,14 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+pub use crate::config::{ResolverSettings as Settings, system_upstream};
+use crate::telemetry::metrics::Metrics;
 
 /// The addresses a name resolves to, in answer order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,28 +122,6 @@ impl Resolve for HickoryResolve {
             answer,
             ttl: Duration::from_secs(u64::from(ttl.unwrap_or(0))),
         })
-    }
-}
-
-/// Refresh settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub min_ttl: Duration,
-    pub max_ttl: Duration,
-    /// How long a last good answer stays in use while resolution fails.
-    pub stale_limit: Duration,
-    /// Delay before retrying a failed resolution.
-    pub retry: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            min_ttl: Duration::from_secs(1),
-            max_ttl: Duration::from_secs(300),
-            stale_limit: Duration::from_secs(3600),
-            retry: Duration::from_secs(5),
-        }
     }
 }
 
@@ -302,20 +281,10 @@ pub async fn run<R: Resolve>(
     }
 }
 
-/// The nameservers of /etc/resolv.conf (port 53).
-pub fn system_upstream() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn ok(ips: &[&str], ttl: u64) -> Result<Lookup, String> {
         let mut answer = Answer::default();

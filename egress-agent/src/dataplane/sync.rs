@@ -9,7 +9,7 @@ use std::sync::Arc;
 use egress_common::addr::Addr;
 use egress_common::*;
 
-use crate::compile::{BackendSet, CidrLpm, Desired, PolicyLpm};
+use crate::dataplane::compile::{BackendSet, CidrLpm, Desired, PolicyLpm};
 
 /// Writes to the policy maps. Implemented over aya maps by the loader, and in
 /// memory by the tests.
@@ -388,7 +388,7 @@ impl Syncer {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::compile::{ServiceTarget, backend_set};
+    use crate::dataplane::compile::{ServiceTarget, backend_set};
     use std::net::IpAddr;
 
     /// In-memory maps that also record the order of operations.

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::istio::validate::Context;
 use crate::istio::{self, Documents, Finding, Level};
-use crate::store::validate_all;
-use crate::validate::Context;
+use crate::registry::store::validate_all;
 
 /// One resource's verdict.
 #[derive(Debug, Serialize)]

@@ -27,11 +27,11 @@ pub struct Iface {
 
 /// Looks an interface up in the agent's network namespace.
 pub fn iface(name: &str) -> Option<Iface> {
-    let index = crate::loader::ifindex(name)?;
-    let link = crate::netlink::link(index).ok()?;
+    let index = crate::dataplane::loader::ifindex(name)?;
+    let link = crate::dataplane::netlink::link(index).ok()?;
     let bridge_mac = link
         .master
-        .and_then(|m| crate::netlink::link(m).ok())
+        .and_then(|m| crate::dataplane::netlink::link(m).ok())
         .map_or(link.mac, |b| b.mac);
     Some(Iface {
         index,

@@ -10,12 +10,12 @@ use egress_common::*;
 use ipnet::IpNet;
 
 use crate::config::{Config, OutboundMode, UnknownWorkloads};
+use crate::dataplane::workloads::Workload;
 use crate::dns::resolver::Resolved;
 use crate::dns::table::{DnsClient, DnsTables, HostDns, ViewDns};
-use crate::model::{Location, Resolution};
+use crate::registry::model::{Location, Resolution};
+use crate::registry::scope::{SidecarScope, select_sidecar, view};
 use crate::registry::{EndpointAddress, Service};
-use crate::scope::{SidecarScope, select_sidecar, view};
-use crate::workloads::Workload;
 
 /// The slots of a backend set: IPv4 backends first (`v4` of them), weights already
 /// expanded into repeated slots. Compared by content so equal sets share one id.

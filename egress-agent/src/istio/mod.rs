@@ -2,6 +2,10 @@
 //! `networking.istio.io/{v1,v1beta1,v1alpha3}` objects, parsed into typed specs with
 //! every problem reported against its file, resource and field.
 
+pub mod traffic;
+pub mod validate;
+pub mod validate_traffic;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-pub use crate::traffic::{DestinationRuleSpec, SidecarSpec, VirtualServiceSpec};
+pub use crate::istio::traffic::{DestinationRuleSpec, SidecarSpec, VirtualServiceSpec};
 
 /// The API versions that all serve the same schema (SPEC §0).
 pub const API_VERSIONS: &[&str] = &[

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{Ids, ServiceMeta, WorkloadMeta};
+use crate::dataplane::compile::{Ids, ServiceMeta, WorkloadMeta};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {

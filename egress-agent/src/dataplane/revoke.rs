@@ -32,10 +32,10 @@ use egress_common::addr::{from_addr, to_addr};
 use egress_common::decide::{Connect, Outcome};
 use egress_common::{Action, OrigDest, PROTO_TCP, PROTO_UDP};
 
-use crate::catalog::Catalog;
-use crate::compile::Desired;
-use crate::explain::Sim;
-use crate::workloads::Workload;
+use crate::cli::explain::Sim;
+use crate::dataplane::catalog::Catalog;
+use crate::dataplane::compile::Desired;
+use crate::dataplane::workloads::Workload;
 
 /// One destroyed socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,16 +82,21 @@ impl Destroyer {
                 .map_err(|e| io::Error::other(format!("{name}: {e}")))
         };
         let destroy = id("bpf_sock_destroy")?;
-        let doomed = crate::bpfsys::map_create(crate::bpfsys::MAP_TYPE_HASH, 8, 1, DOOMED_MAX)?;
+        let doomed = crate::dataplane::bpfsys::map_create(
+            crate::dataplane::bpfsys::MAP_TYPE_HASH,
+            8,
+            1,
+            DOOMED_MAX,
+        )?;
         let mut links = Vec::new();
         for iter in ["bpf_iter_tcp", "bpf_iter_udp"] {
             let code = program(doomed.as_raw_fd(), destroy);
-            let prog = crate::bpfsys::prog_load_iter(&code, id(iter)?)
+            let prog = crate::dataplane::bpfsys::prog_load_iter(&code, id(iter)?)
                 .map_err(|e| io::Error::other(format!("loading the {iter} program: {e}")))?;
-            links.push(crate::bpfsys::link_create(
+            links.push(crate::dataplane::bpfsys::link_create(
                 prog.as_fd(),
                 0,
-                crate::bpfsys::attach::TRACE_ITER,
+                crate::dataplane::bpfsys::attach::TRACE_ITER,
             )?);
         }
         let [tcp, udp]: [OwnedFd; 2] = links.try_into().expect("two links");
@@ -105,16 +110,16 @@ impl Destroyer {
     /// cookies are in `cookies`.
     pub fn destroy_here(&self, cookies: &[u64]) -> io::Result<()> {
         for c in cookies {
-            crate::bpfsys::map_update(self.doomed.as_fd(), &c.to_ne_bytes(), &[1])?;
+            crate::dataplane::bpfsys::map_update(self.doomed.as_fd(), &c.to_ne_bytes(), &[1])?;
         }
         let mut result = Ok(());
         for link in &self.links {
-            if let Err(e) = crate::bpfsys::iter_run(link.as_fd()) {
+            if let Err(e) = crate::dataplane::bpfsys::iter_run(link.as_fd()) {
                 result = Err(e);
             }
         }
         for c in cookies {
-            let _ = crate::bpfsys::map_delete(self.doomed.as_fd(), &c.to_ne_bytes());
+            let _ = crate::dataplane::bpfsys::map_delete(self.doomed.as_fd(), &c.to_ne_bytes());
         }
         result
     }
@@ -432,7 +437,7 @@ fn enter_netns(path: &Path) -> io::Result<()> {
 
 /// Calls `f` for `dir` and every cgroup below it, with its id.
 fn walk_cgroup(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
-    let Ok(id) = crate::workloads::cgroup_id(dir) else {
+    let Ok(id) = crate::dataplane::workloads::cgroup_id(dir) else {
         return;
     };
     f(dir, id);

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::OutboundMode;
+use crate::istio::validate_traffic::subset_of;
 use crate::istio::{Resource, SidecarSpec};
 use crate::registry::Service;
-use crate::validate_traffic::subset_of;
 
 /// One egress listener of a Sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]

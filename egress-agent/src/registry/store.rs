@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::istio::validate::{self, Context};
+use crate::istio::validate_traffic;
 use crate::istio::{self, Documents, Finding, Kind, Level, Resource};
+use crate::registry::scope::SidecarScope;
 use crate::registry::{self, Service};
-use crate::scope::SidecarScope;
-use crate::validate::{self, Context};
-use crate::validate_traffic;
 
 /// A resource's identity.
 pub type Id = (Kind, String, String);

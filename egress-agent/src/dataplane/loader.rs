@@ -17,8 +17,8 @@ use aya::{Ebpf, EbpfLoader};
 use egress_common::addr::Addr;
 use egress_common::*;
 
-use crate::compile::{CidrLpm, PolicyLpm};
-use crate::sync::{MapWriter, SyncError};
+use crate::dataplane::compile::{CidrLpm, PolicyLpm};
+use crate::dataplane::sync::{MapWriter, SyncError};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =
@@ -175,7 +175,7 @@ pub struct Layout {
     pub layout: u32,
     /// The agent version that last attached.
     pub agent: String,
-    pub maps: std::collections::BTreeMap<String, crate::bpfsys::MapShape>,
+    pub maps: std::collections::BTreeMap<String, crate::dataplane::bpfsys::MapShape>,
     /// Program name → tag (hex) of what the links run.
     pub programs: std::collections::BTreeMap<String, String>,
 }
@@ -186,7 +186,7 @@ pub const LAYOUT_PIN: &str = "layout";
 
 impl Layout {
     pub fn read(dir: &Path) -> Option<Self> {
-        let bytes = crate::bpfsys::read_record(&dir.join(LAYOUT_PIN)).ok()?;
+        let bytes = crate::dataplane::bpfsys::read_record(&dir.join(LAYOUT_PIN)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }
@@ -197,7 +197,7 @@ fn link_pin(what: &str) -> String {
 }
 
 /// Is `name` a map the object defines that is pinned (not a data section)?
-fn pinned_map_names(obj: &aya_obj::Object) -> Vec<(String, crate::bpfsys::MapShape)> {
+fn pinned_map_names(obj: &aya_obj::Object) -> Vec<(String, crate::dataplane::bpfsys::MapShape)> {
     let mut out: Vec<_> = obj
         .maps
         .iter()
@@ -205,7 +205,7 @@ fn pinned_map_names(obj: &aya_obj::Object) -> Vec<(String, crate::bpfsys::MapSha
         .map(|(name, m)| {
             (
                 name.clone(),
-                crate::bpfsys::MapShape {
+                crate::dataplane::bpfsys::MapShape {
                     map_type: m.map_type(),
                     key_size: m.key_size(),
                     value_size: m.value_size(),
@@ -230,7 +230,7 @@ fn pin_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
 /// where it should be and nothing is mounted).
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     let bpffs = Path::new("/sys/fs/bpf");
-    if dir.starts_with(bpffs) && !crate::bpfsys::is_bpffs(bpffs) {
+    if dir.starts_with(bpffs) && !crate::dataplane::bpfsys::is_bpffs(bpffs) {
         let status = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
             .status();
@@ -242,7 +242,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, e))?;
-    if !crate::bpfsys::is_bpffs(dir) {
+    if !crate::dataplane::bpfsys::is_bpffs(dir) {
         return Err(pin_err(
             dir,
             "pinDir is not on a bpf filesystem (mount -t bpf bpf DIR, or use a directory under /sys/fs/bpf)",
@@ -271,11 +271,11 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         // A migration an earlier start did not finish: the old programs still
         // hold that map; the pin itself is no longer needed.
         let _ = std::fs::remove_file(&old);
-        let Ok(fd) = crate::bpfsys::obj_get(&path) else {
+        let Ok(fd) = crate::dataplane::bpfsys::obj_get(&path) else {
             adoption.new_maps.push(name.clone());
             continue;
         };
-        let same = crate::bpfsys::map_shape(fd.as_fd()).is_ok_and(|s| s == *want)
+        let same = crate::dataplane::bpfsys::map_shape(fd.as_fd()).is_ok_and(|s| s == *want)
             && recorded
                 .as_ref()
                 .is_some_and(|r| r.layout == MAP_LAYOUT_VERSION && r.maps.get(name) == Some(want));
@@ -374,8 +374,8 @@ pub fn uninstall(dir: &Path) -> std::io::Result<usize> {
         let is_link = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("link_"));
-        if is_link && let Ok(fd) = crate::bpfsys::obj_get(path) {
-            if crate::bpfsys::link_detach(fd.as_fd()).is_ok() {
+        if is_link && let Ok(fd) = crate::dataplane::bpfsys::obj_get(path) {
+            if crate::dataplane::bpfsys::link_detach(fd.as_fd()).is_ok() {
                 detached += 1;
             }
             std::fs::remove_file(path)?;
@@ -400,7 +400,7 @@ pub fn uninstall(dir: &Path) -> std::io::Result<usize> {
 /// first: by the time connect() is judged, sockets are already tagged and packets
 /// already checked.
 const CGROUP_HOOKS: &[(&str, u32)] = {
-    use crate::bpfsys::attach::*;
+    use crate::dataplane::bpfsys::attach::*;
     &[
         (SOCK_OPS, CGROUP_SOCK_OPS),
         (SKB_EGRESS, CGROUP_INET_EGRESS),
@@ -429,10 +429,11 @@ impl Loaded {
             path: path.to_owned(),
             source,
         })?;
-        let cgroup_id = crate::workloads::cgroup_id(path).map_err(|source| LoadError::Cgroup {
-            path: path.to_owned(),
-            source,
-        })?;
+        let cgroup_id =
+            crate::dataplane::workloads::cgroup_id(path).map_err(|source| LoadError::Cgroup {
+                path: path.to_owned(),
+                source,
+            })?;
         for &(name, attach_type) in CGROUP_HOOKS {
             if name == LSM_SOCKET_CREATE && !self.lsm {
                 continue;
@@ -470,13 +471,13 @@ impl Loaded {
     ) -> Result<(), LoadError> {
         let path = self.pin_path.join(pin);
         let prog = self.prog_fd(name)?;
-        let link = crate::bpfsys::link_create(prog, target, attach_type)
+        let link = crate::dataplane::bpfsys::link_create(prog, target, attach_type)
             .map_err(|e| pin_err(&path, format!("BPF_LINK_CREATE of {name}: {e}")))?;
-        if let Ok(old) = crate::bpfsys::obj_get(&path) {
-            let _ = crate::bpfsys::link_detach(old.as_fd());
+        if let Ok(old) = crate::dataplane::bpfsys::obj_get(&path) {
+            let _ = crate::dataplane::bpfsys::link_detach(old.as_fd());
         }
         let _ = std::fs::remove_file(&path);
-        crate::bpfsys::obj_pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
+        crate::dataplane::bpfsys::obj_pin(link.as_fd(), &path).map_err(|e| pin_err(&path, e))?;
         self.adoption.new_links += 1;
         self.links.insert(pin.to_owned(), link);
         Ok(())
@@ -492,17 +493,18 @@ impl Loaded {
         target: u64,
     ) -> Result<bool, LoadError> {
         let path = self.pin_path.join(pin);
-        let Ok(fd) = crate::bpfsys::obj_get(&path) else {
+        let Ok(fd) = crate::dataplane::bpfsys::obj_get(&path) else {
             return Ok(false);
         };
-        let info = crate::bpfsys::link_info(fd.as_fd()).map_err(|e| pin_err(&path, e))?;
+        let info =
+            crate::dataplane::bpfsys::link_info(fd.as_fd()).map_err(|e| pin_err(&path, e))?;
         if !info.attached || info.target != target {
             return Ok(false);
         }
         let prog = self.prog_fd(name)?;
-        let old_tag = crate::bpfsys::prog_tag_by_id(info.prog_id).ok();
-        let new_tag = crate::bpfsys::prog_tag(prog.as_fd()).ok();
-        crate::bpfsys::link_update(fd.as_fd(), prog.as_fd())
+        let old_tag = crate::dataplane::bpfsys::prog_tag_by_id(info.prog_id).ok();
+        let new_tag = crate::dataplane::bpfsys::prog_tag(prog.as_fd()).ok();
+        crate::dataplane::bpfsys::link_update(fd.as_fd(), prog.as_fd())
             .map_err(|e| pin_err(&path, format!("BPF_LINK_UPDATE: {e}")))?;
         self.adoption.updated_links += 1;
         if old_tag != new_tag {
@@ -525,23 +527,23 @@ impl Loaded {
         };
         for (name, map) in self.ebpf.maps() {
             let _ = map;
-            let Ok(fd) = crate::bpfsys::obj_get(&self.pin_path.join(name)) else {
+            let Ok(fd) = crate::dataplane::bpfsys::obj_get(&self.pin_path.join(name)) else {
                 continue;
             };
-            if let Ok(shape) = crate::bpfsys::map_shape(fd.as_fd()) {
+            if let Ok(shape) = crate::dataplane::bpfsys::map_shape(fd.as_fd()) {
                 layout.maps.insert(name.to_owned(), shape);
             }
         }
         for name in ALL_MAPS {
-            if let Ok(fd) = crate::bpfsys::obj_get(&self.pin_path.join(name))
-                && let Ok(shape) = crate::bpfsys::map_shape(fd.as_fd())
+            if let Ok(fd) = crate::dataplane::bpfsys::obj_get(&self.pin_path.join(name))
+                && let Ok(shape) = crate::dataplane::bpfsys::map_shape(fd.as_fd())
             {
                 layout.maps.insert((*name).to_owned(), shape);
             }
         }
         for (name, prog) in self.ebpf.programs() {
             if let Ok(fd) = prog.fd()
-                && let Ok(tag) = crate::bpfsys::prog_tag(fd.as_fd())
+                && let Ok(tag) = crate::dataplane::bpfsys::prog_tag(fd.as_fd())
             {
                 layout.programs.insert(
                     name.to_owned(),
@@ -551,7 +553,7 @@ impl Loaded {
         }
         let path = self.pin_path.join(LAYOUT_PIN);
         let text = serde_json::to_vec(&layout).expect("serialisable");
-        if let Err(e) = crate::bpfsys::write_record(&path, &text) {
+        if let Err(e) = crate::dataplane::bpfsys::write_record(&path, &text) {
             tracing::warn!(file = %path.display(), "cannot record the map layout: {e}");
         }
     }
@@ -580,7 +582,7 @@ impl Loaded {
                     let pin = link_pin(&format!("tc_{old}_{dir}"));
                     if let Some(fd) = self.links.remove(&pin) {
                         // A vanished interface took its link with it.
-                        let _ = crate::bpfsys::link_detach(fd.as_fd());
+                        let _ = crate::dataplane::bpfsys::link_detach(fd.as_fd());
                     }
                     let _ = std::fs::remove_file(self.pin_path.join(pin));
                 }
@@ -596,8 +598,16 @@ impl Loaded {
             };
             let mut ok = true;
             for (dir, prog, at) in [
-                ("sent", TC_SENT, crate::bpfsys::attach::TCX_INGRESS),
-                ("received", TC_RECEIVED, crate::bpfsys::attach::TCX_EGRESS),
+                (
+                    "sent",
+                    TC_SENT,
+                    crate::dataplane::bpfsys::attach::TCX_INGRESS,
+                ),
+                (
+                    "received",
+                    TC_RECEIVED,
+                    crate::dataplane::bpfsys::attach::TCX_EGRESS,
+                ),
             ] {
                 let pin = link_pin(&format!("tc_{index}_{dir}"));
                 match self.update_pinned(&pin, prog, u64::from(index)) {
@@ -628,8 +638,8 @@ impl Loaded {
             for e in entries.flatten() {
                 let pin = e.file_name().to_string_lossy().into_owned();
                 if pin.starts_with("link_tc_") && !self.links.contains_key(&pin) {
-                    if let Ok(fd) = crate::bpfsys::obj_get(&e.path()) {
-                        let _ = crate::bpfsys::link_detach(fd.as_fd());
+                    if let Ok(fd) = crate::dataplane::bpfsys::obj_get(&e.path()) {
+                        let _ = crate::dataplane::bpfsys::link_detach(fd.as_fd());
                     }
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -736,10 +746,10 @@ fn removed(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), 
 }
 
 impl PolicyMaps {
-    /// Reads what the kernel holds (an adopted dataplane), for [`crate::sync::Syncer::adopt`].
-    pub fn read(&self) -> Result<crate::sync::KernelState, SyncError> {
+    /// Reads what the kernel holds (an adopted dataplane), for [`crate::dataplane::sync::Syncer::adopt`].
+    pub fn read(&self) -> Result<crate::dataplane::sync::KernelState, SyncError> {
         let e = |map| map_err("read", map);
-        let mut k = crate::sync::KernelState::default();
+        let mut k = crate::dataplane::sync::KernelState::default();
         for r in self.workloads.iter() {
             let (key, v) = r.map_err(e(WORKLOADS_MAP))?;
             k.workloads.insert(key, v);

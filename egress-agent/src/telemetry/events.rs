@@ -11,7 +11,7 @@ use egress_common::decide::transport_label;
 use egress_common::{Action, Event, Layer, MatchKind, Reason};
 use tokio::io::unix::AsyncFd;
 
-use crate::catalog::Catalog;
+use crate::dataplane::catalog::Catalog;
 
 /// An event with its ids resolved to names.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -155,43 +155,19 @@ pub async fn run(
         while let Some(item) = ring.next() {
             let Some(ev) = decode(&item) else { continue };
             let rec = record(&ev, &catalog.read().expect("catalog lock"), now_boot, now);
+            // The access log goes to its sink once, not also to the agent log.
             if let Err(e) = sink.lock().expect("sink lock").write(&rec) {
                 tracing::error!("cannot write the access log: {e}");
             }
-            log(&rec);
         }
         guard.clear_ready();
     }
 }
 
-fn log(r: &Record) {
-    let workload = format!("{}/{}", r.namespace, r.workload);
-    let msg = if r.verdict == "audit" {
-        "connection would be denied (audit)"
-    } else {
-        "connection denied"
-    };
-    tracing::warn!(
-        target: "egress::access",
-        verdict = r.verdict,
-        reason = r.reason,
-        pid = r.pid,
-        process = %r.process,
-        workload = %workload,
-        cgroup_id = r.cgroup_id,
-        destination = %r.destination.map(|d| d.to_string()).unwrap_or_default(),
-        port = r.port.unwrap_or(0),
-        layer = r.layer,
-        transport = r.transport,
-        host = r.host.as_deref().unwrap_or(""),
-        "{msg}"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::WorkloadMeta;
+    use crate::dataplane::compile::WorkloadMeta;
     use egress_common::addr::to_addr;
 
     #[test]

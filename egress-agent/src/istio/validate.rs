@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::istio::{Finding, Level, Resource, ServiceEntry};
-use crate::model::{Location, Protocol, Resolution};
+use crate::registry::model::{Location, Protocol, Resolution};
 
 /// Settings that change what is valid (SPEC §3.1 "Context").
 #[derive(Clone, Copy, Debug)]

@@ -1,4 +1,9 @@
-//! Command line: `egress-agent run --config FILE`.
+//! Command line: `egress-agent run --config FILE`, and the commands beside the
+//! daemon: `validate` ([`check`]), `explain`, `inspect`.
+
+pub mod check;
+pub mod explain;
+pub mod inspect;
 
 use std::path::PathBuf;
 

@@ -12,15 +12,15 @@ use egress_common::addr::{Addr, from_addr, is_v4_mapped, to_addr};
 use egress_common::decide::{self, Connect, Dataplane, Outcome};
 use egress_common::*;
 
-use crate::agent::{Registry, build_registry, validation_context};
-use crate::catalog::Catalog;
-use crate::compile::{BackendSet, Desired, Ids, compile};
 use crate::config::Config;
+use crate::dataplane::catalog::Catalog;
+use crate::dataplane::compile::{BackendSet, Desired, Ids, compile};
+use crate::dataplane::workloads::Workload;
 use crate::istio;
-use crate::model::Transport;
-use crate::scope::{select_sidecar, view};
-use crate::store::Store;
-use crate::workloads::Workload;
+use crate::registry::model::Transport;
+use crate::registry::pipeline::{Registry, build_registry, validation_context};
+use crate::registry::scope::{select_sidecar, view};
+use crate::registry::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -364,7 +364,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         source,
     })?;
     let load = store.load(&docs, &validation_context(config));
-    let remembered = crate::alloc::load_remembered(&config.vip_state_file());
+    let remembered = crate::registry::alloc::load_remembered(&config.vip_state_file());
     let (registry, _) = build_registry(config, &store, &remembered);
 
     // Every configured workload, with stand-in cgroup ids: views come out as the
@@ -515,7 +515,7 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
 /// One resolution round of every DNS endpoint name (empty when it fails).
 fn resolve_now(config: &Config, registry: &Registry) -> crate::dns::resolver::Resolved {
     use crate::dns::resolver::{HickoryResolve, Tracker};
-    let names = crate::compile::dns_names(&registry.services);
+    let names = crate::dataplane::compile::dns_names(&registry.services);
     if names.is_empty() {
         return Default::default();
     }
@@ -531,7 +531,7 @@ fn resolve_now(config: &Config, registry: &Registry) -> crate::dns::resolver::Re
         };
         let mut t = Tracker::new(config.resolver.settings);
         t.set_names(&names, std::time::Instant::now());
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crate::telemetry::metrics::Metrics::new();
         crate::dns::resolver::refresh(&r, &mut t, &metrics).await;
         t.resolved()
     })
@@ -543,7 +543,7 @@ fn dns_answer(
     config: &Config,
     registry: &Registry,
     ns: &str,
-    sidecar: Option<&crate::scope::SidecarScope>,
+    sidecar: Option<&crate::registry::scope::SidecarScope>,
     host: &str,
 ) -> Vec<IpAddr> {
     let key = crate::registry::host_key(host);

@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::catalog::Catalog;
+use crate::dataplane::catalog::Catalog;
 
 /// Labels of `egress_connections_total` (SPEC §7.8).
 pub const CONNECTION_LABELS: &[&str] = &[
@@ -725,9 +725,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{ServiceMeta, WorkloadMeta};
     use crate::config::OutboundMode;
-    use crate::model::{Location, Resolution};
+    use crate::dataplane::compile::{ServiceMeta, WorkloadMeta};
+    use crate::registry::model::{Location, Resolution};
 
     fn catalog() -> Catalog {
         let mut c = Catalog::default();

@@ -22,69 +22,13 @@
 //! existing hosts keep their remembered slot); removing a host moves nobody.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ipnet::{Ipv4Net, Ipv6Net};
-
-use crate::model::Resolution;
+pub use crate::config::Ranges;
 use crate::registry::Service;
-
-/// The ranges VIPs come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ranges {
-    pub v4: Ipv4Net,
-    pub v6: Ipv6Net,
-}
-
-impl Default for Ranges {
-    fn default() -> Self {
-        Self {
-            v4: "240.240.0.0/16".parse().unwrap(),
-            v6: "2001:2::/48".parse().unwrap(),
-        }
-    }
-}
-
-impl Ranges {
-    /// Usable IPv4 addresses (last octet 1..254). The range must be /24 or wider.
-    pub fn slots(&self) -> u32 {
-        let blocks = 1u64 << (24 - u32::from(self.v4.prefix_len().min(24)));
-        (blocks * 254).min(u64::from(u32::MAX)) as u32
-    }
-
-    /// Offset from the range start of slot `k`'s IPv4 address.
-    fn offset(k: u32) -> u32 {
-        (k / 254) * 256 + (k % 254) + 1
-    }
-
-    pub fn v4_of(&self, k: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.v4.network()) + Self::offset(k))
-    }
-
-    pub fn v6_of(&self, k: u32) -> Ipv6Addr {
-        Ipv6Addr::from(u128::from(self.v6.network()) + 0xf0f0_0000 + u128::from(Self::offset(k)))
-    }
-
-    /// The slot an address stands for, if it is one of ours.
-    pub fn slot_of(&self, ip: IpAddr) -> Option<u32> {
-        let offset = match ip {
-            IpAddr::V4(a) if self.v4.contains(&a) => u32::from(a) - u32::from(self.v4.network()),
-            IpAddr::V6(a) if self.v6.contains(&a) => {
-                let off = u128::from(a).checked_sub(u128::from(self.v6.network()) + 0xf0f0_0000)?;
-                u32::try_from(off).ok()?
-            }
-            _ => return None,
-        };
-        let (block, last) = (offset / 256, offset % 256);
-        if last == 0 || last == 255 {
-            return None;
-        }
-        let k = block * 254 + last - 1;
-        (k < self.slots()).then_some(k)
-    }
-}
+use crate::registry::model::Resolution;
 
 /// FNV-1a, 32 bits.
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
@@ -199,7 +143,8 @@ pub fn save_remembered(path: &Path, r: &Remembered) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Location;
+    use crate::registry::model::Location;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn svc(ns: &str, host: &str, creation: i64) -> Arc<Service> {
         Arc::new(Service {

@@ -6,65 +6,17 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::istio::{Finding, Resource, WorkloadSelector};
-use crate::traffic::*;
-use crate::validate::{
+pub use crate::config::parse_duration;
+use crate::istio::traffic::*;
+use crate::istio::validate::{
     ExportOf, Findings, export_to, is_dns1123_label, is_label_key, is_label_value,
     is_partial_wildcard, validate_fqdn, validate_wildcard_domain,
 };
+use crate::istio::{Finding, Resource, WorkloadSelector};
 
 // ---------------------------------------------------------------------------------
 // Durations and host matching helpers.
 // ---------------------------------------------------------------------------------
-
-/// Parses a duration as Kubernetes/Go writes it (`10s`, `1.5s`, `100ms`, `1m30s`,
-/// `0.5ms`) into nanoseconds.
-pub fn parse_duration(s: &str) -> Option<i128> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(0);
-    }
-    let mut rest = s;
-    let mut total: i128 = 0;
-    let mut any = false;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_end);
-        if num.is_empty() {
-            return None;
-        }
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let unit_ns: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return None,
-        };
-        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-        if int.is_empty() && frac.is_empty() {
-            return None;
-        }
-        let int: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let mut value = int.checked_mul(unit_ns)?;
-        if !frac.is_empty() {
-            let digits = frac.len().min(18) as u32;
-            let frac_val: i128 = frac[..digits as usize].parse().ok()?;
-            value += frac_val * unit_ns / 10i128.pow(digits);
-        }
-        total = total.checked_add(value)?;
-        rest = tail;
-        any = true;
-    }
-    any.then_some(total)
-}
 
 /// `ValidateDuration`: at least 1 ms, whole milliseconds.
 fn check_duration<S>(f: &mut Findings<'_, S>, rule: &'static str, field: &str, s: &str) {
@@ -891,7 +843,7 @@ pub fn sidecar(res: &Resource<SidecarSpec>) -> Vec<Finding> {
                     );
                 }
                 if let Some(proto) = &p.protocol
-                    && crate::model::Protocol::parse(proto).is_none()
+                    && crate::registry::model::Protocol::parse(proto).is_none()
                 {
                     f.error(
                         "",

@@ -2,6 +2,12 @@
 //! per (namespace, host), with addresses, ports and endpoints, merged as Istio merges
 //! same-host entries within a namespace, in Istio's Service order.
 
+pub mod alloc;
+pub mod model;
+pub mod pipeline;
+pub mod scope;
+pub mod store;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,7 +15,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::istio::{Resource, ServiceEntry};
-use crate::model::{Location, Protocol, Resolution};
+use crate::registry::model::{Location, Protocol, Resolution};
 
 /// A service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +200,7 @@ pub fn convert(res: &Resource<ServiceEntry>) -> Vec<Service> {
             cidrs: cidrs.clone(),
             status_vips,
             auto_vips: Vec::new(),
-            auto_allocate_opt_out: crate::validate::opted_out_of_auto_allocation(res),
+            auto_allocate_opt_out: crate::istio::validate::opted_out_of_auto_allocation(res),
             ports: ports.clone(),
             endpoints: endpoints.clone(),
             export_to: spec.export_to.clone(),

@@ -1,0 +1,13 @@
+//! The kernel side: compile the desired content of every map, load and attach
+//! the programs (pinned, adopted across restarts), apply desired state as a
+//! diff, revoke connections whose destination left a view.
+
+pub mod bpfsys;
+pub mod catalog;
+pub mod compile;
+pub mod loader;
+pub mod netlink;
+pub mod preflight;
+pub mod revoke;
+pub mod sync;
+pub mod workloads;

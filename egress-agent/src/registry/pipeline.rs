@@ -1,0 +1,85 @@
+//! The reload pipeline `run` and `explain` share: read the ServiceEntry
+//! directory into the store (last good versions kept), then convert, merge and
+//! allocate what the store holds into the registry the compile step takes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::config::Config;
+use crate::istio::validate;
+use crate::registry::alloc::{self, Remembered};
+use crate::registry::scope::SidecarScope;
+use crate::registry::store::{FileCache, LoadReport, Store};
+use crate::registry::{self, Service};
+
+/// The ServiceEntry directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading ServiceEntries from {}: {source}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// What the compile step needs from the configuration files.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Merged, with automatic VIPs, in Service order.
+    pub services: Vec<Arc<Service>>,
+    pub sidecars: Vec<SidecarScope>,
+}
+
+/// Validation settings from the agent configuration.
+pub fn validation_context(config: &Config) -> validate::Context {
+    validate::Context {
+        auto_allocate: config.istio_compat.auto_allocate,
+    }
+}
+
+/// Reads the configuration directory into `store` (last good versions kept) and
+/// builds the registry from what the store holds.
+pub fn reload(
+    config: &Config,
+    cache: &mut FileCache,
+    store: &mut Store,
+    remembered: &Remembered,
+) -> Result<(LoadReport, Registry, Remembered), ReadError> {
+    let started = Instant::now();
+    let read = cache
+        .load_dir(&config.service_entry_dir, &validation_context(config))
+        .map_err(|source| ReadError {
+            path: config.service_entry_dir.clone(),
+            source,
+        })?;
+    let read_done = Instant::now();
+    let report = store.apply(&read);
+    let (registry, memory) = build_registry(config, store, remembered);
+    tracing::debug!(
+        read_ms = (read_done - started).as_secs_f64() * 1e3,
+        build_ms = read_done.elapsed().as_secs_f64() * 1e3,
+        "reload phases"
+    );
+    Ok((report, registry, memory))
+}
+
+/// Converts, merges and allocates the store's resources.
+pub fn build_registry(
+    config: &Config,
+    store: &Store,
+    remembered: &Remembered,
+) -> (Registry, Remembered) {
+    let (mut services, warnings) = registry::merge(store.services().cloned().collect());
+    for w in warnings {
+        warn!(namespace = %w.namespace, host = %w.host, service_entry = %w.se_name, "{}", w.message);
+    }
+    let memory = if config.istio_compat.auto_allocate {
+        alloc::allocate(&mut services, &config.vip_ranges, remembered)
+    } else {
+        Remembered::new()
+    };
+    let sidecars = store.sidecars().map(|s| s.as_ref().clone()).collect();
+    (Registry { services, sidecars }, memory)
+}

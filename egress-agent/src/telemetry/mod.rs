@@ -1,0 +1,4 @@
+//! What the agent reports: Prometheus metrics and the access log.
+
+pub mod events;
+pub mod metrics;
