@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, OnExit};
 use crate::dataplane::catalog::Catalog;
 use crate::dataplane::compile::{Ids, compile, dns_names};
-use crate::dataplane::loader::{self, LoadOptions, PolicyMaps};
+use crate::dataplane::loader::{self, LoadOptions};
 use crate::dataplane::sync::Syncer;
 use crate::dataplane::workloads::{self, Workload};
 use crate::dns::DnsTables;
@@ -51,14 +51,16 @@ fn report(load: &LoadReport, metrics: &Metrics) {
             Level::Error => {
                 error!("{f}");
                 metrics
-                    .config_rejected
+                    .config
+                    .rejected
                     .with_label_values(&[kind, &f.namespace, &f.name])
                     .inc();
             }
             Level::Warning => {
                 warn!("{f}");
                 metrics
-                    .config_warnings
+                    .config
+                    .warnings
                     .with_label_values(&[kind, &f.namespace, &f.name])
                     .inc();
             }
@@ -73,14 +75,17 @@ fn report(load: &LoadReport, metrics: &Metrics) {
     }
     let c = &load.counts;
     metrics
+        .config
         .resources
         .with_label_values(&["loaded"])
         .set(c.loaded as i64);
     metrics
+        .config
         .resources
         .with_label_values(&["rejected"])
         .set(c.rejected as i64);
     metrics
+        .config
         .resources
         .with_label_values(&["stale"])
         .set(c.stale as i64);
@@ -123,8 +128,8 @@ struct State {
     remembered: Remembered,
     workloads: Vec<Workload>,
     ids: Ids,
-    syncer: Syncer,
-    maps: PolicyMaps,
+    /// The one owner of the loaded programs and every map.
+    owner: crate::dataplane::owner::Owner,
     catalog: Arc<RwLock<Catalog>>,
     metrics: Arc<Metrics>,
     /// Answers of DNS endpoints, kept current by the resolver task.
@@ -135,10 +140,6 @@ struct State {
     dns_tables: watch::Sender<Arc<DnsTables>>,
     /// Ids assigned when they were last saved.
     ids_saved: usize,
-    /// What the last successful sync put in the kernel (revocation compares).
-    applied: Option<crate::dataplane::compile::Desired>,
-    /// Destroys revoked connections; None where the kernel cannot.
-    revoker: Option<crate::dataplane::revoke::Revoker>,
     /// The access log.
     sink: Arc<std::sync::Mutex<crate::telemetry::events::Sink>>,
     /// The DNS proxy's settings (replaced by a reload).
@@ -147,7 +148,7 @@ struct State {
 
 impl State {
     /// Compiles the current registry and workloads and applies the diff.
-    fn sync(&mut self) -> Result<(), AgentError> {
+    async fn sync(&mut self) -> Result<(), AgentError> {
         let started = Instant::now();
         let resolved = self.resolved.read().expect("resolved lock").clone();
         let desired = compile(
@@ -180,21 +181,34 @@ impl State {
         }
         let old_catalog =
             std::mem::replace(&mut *self.catalog.write().expect("catalog lock"), catalog);
-        let result = self.syncer.sync(&desired, &mut self.maps);
+        let result = self
+            .owner
+            .apply(
+                desired,
+                self.workloads.clone(),
+                self.config.revoke_established,
+            )
+            .await;
         let elapsed = started.elapsed();
         self.metrics
+            .dataplane
             .sync_duration_us
             .set(elapsed.as_micros() as i64);
-        for (map, n) in self.syncer.sizes() {
-            self.metrics
-                .map_entries
-                .with_label_values(&[map])
-                .set(n as i64);
-        }
         match result {
-            Ok(st) => {
-                self.revoke(desired, &old_catalog);
-                self.metrics.syncs.with_label_values(&["ok"]).inc();
+            Ok(applied) => {
+                for (map, n) in &applied.sizes {
+                    self.metrics
+                        .dataplane
+                        .map_entries
+                        .with_label_values(&[map])
+                        .set(*n as i64);
+                }
+                self.metrics
+                    .dataplane
+                    .syncs
+                    .with_label_values(&["ok"])
+                    .inc();
+                let st = applied.stats;
                 if st.written + st.deleted > 0 {
                     info!(
                         written = st.written,
@@ -203,44 +217,35 @@ impl State {
                         "dataplane synced"
                     );
                 }
+                self.log_revoked(applied, &old_catalog);
                 Ok(())
             }
             Err(e) => {
-                self.metrics.syncs.with_label_values(&["error"]).inc();
+                self.metrics
+                    .dataplane
+                    .syncs
+                    .with_label_values(&["error"])
+                    .inc();
                 Err(e.into())
             }
         }
     }
 
-    /// Destroys the established connections whose destination left a
-    /// workload's view between the last applied state and `desired` (now in
-    /// the kernel), logging and counting each one.
-    fn revoke(&mut self, desired: crate::dataplane::compile::Desired, catalog: &Catalog) {
-        let old = self.applied.replace(desired);
-        let (Some(old), Some(revoker), true) = (old, &self.revoker, self.config.revoke_established)
-        else {
-            return;
-        };
-        let new = self.applied.as_ref().expect("just set");
-        if old.workloads == new.workloads
-            && old.services == new.services
-            && old.cidrs == new.cidrs
-            && old.policy_cidrs == new.policy_cidrs
-        {
-            return;
-        }
-        let started = Instant::now();
-        let (revoked, failed) = revoker.revoke(&old, new, &self.workloads);
-        for (netns, why) in failed {
+    /// Logs and counts the connections the owner revoked in one apply.
+    fn log_revoked(&self, applied: crate::dataplane::owner::Applied, catalog: &Catalog) {
+        for (netns, why) in &applied.revoke_failed {
             warn!(netns = %netns.display(), "cannot revoke connections in this network namespace: {why}");
         }
+        let (revoked, Some(old)) = (&applied.revoked, &applied.revoked_from) else {
+            return;
+        };
         if revoked.is_empty() {
             return;
         }
         let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
         let time = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut sink = self.sink.lock().expect("sink lock");
-        for r in &revoked {
+        for r in revoked {
             let workload = old
                 .workloads
                 .get(&r.workload_key)
@@ -273,15 +278,12 @@ impl State {
                 error!("cannot write the access log: {e}");
             }
             self.metrics
+                .dataplane
                 .revoked
                 .with_label_values(&[&namespace, &name, host.as_deref().unwrap_or("")])
                 .inc();
         }
-        info!(
-            revoked = revoked.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "established connections revoked"
-        );
+        info!(revoked = revoked.len(), "established connections revoked");
     }
 
     /// Re-reads the agent's configuration file and applies what changed (the
@@ -293,7 +295,8 @@ impl State {
             Err(e) => {
                 error!("configuration reload failed, the running configuration stays: {e}");
                 self.metrics
-                    .config_reloads
+                    .config
+                    .reloads
                     .with_label_values(&["error"])
                     .inc();
                 return false;
@@ -316,7 +319,7 @@ impl State {
             });
         }
         self.config = merged;
-        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.config.reloads.with_label_values(&["ok"]).inc();
         true
     }
 
@@ -448,15 +451,15 @@ fn release_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Keeps the traffic counters on the workload interfaces; says once which ones
+/// Keeps the interface line on the workload interfaces; says once which ones
 /// cannot be attached (yet), and when they are.
-fn sync_tc(
-    loaded: &mut loader::Loaded,
+async fn sync_tc(
+    owner: &crate::dataplane::owner::Owner,
     interfaces: &[String],
     metrics: &Metrics,
     failed_before: Vec<String>,
 ) -> Vec<String> {
-    let failed = loaded.sync_tc(interfaces);
+    let (failed, attached) = owner.sync_tc(interfaces.to_vec()).await;
     for (name, why) in &failed {
         if !failed_before.contains(name) {
             warn!(interface = %name, "traffic counters not attached: {why}; retrying every second");
@@ -468,30 +471,8 @@ fn sync_tc(
             info!(interface = %name, "traffic counters attached");
         }
     }
-    metrics
-        .traffic_interfaces
-        .set(loaded.tc_interfaces().len() as i64);
+    metrics.dataplane.interfaces.set(attached as i64);
     names
-}
-
-/// Removes learned destinations whose lifetime ended, every two seconds.
-async fn learned_gc(learned: Arc<std::sync::Mutex<loader::LearnedMap>>, metrics: Arc<Metrics>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let now = crate::telemetry::events::boot_ns();
-        let mut map = learned.lock().expect("learned map lock");
-        let entries: Vec<_> = map.iter().flatten().collect();
-        let mut live = 0;
-        for (k, v) in entries {
-            if v.expires_ns <= now {
-                let _ = map.remove(&k);
-            } else {
-                live += 1;
-            }
-        }
-        metrics.dns_learned_entries.set(live);
-    }
 }
 
 /// Watches the configuration directory; each change sends a unit.
@@ -661,7 +642,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         })?),
         None => None,
     };
-    let (mut loaded, maps, telemetry) = loader::load(LoadOptions {
+    let (loaded, maps, telemetry) = loader::load(LoadOptions {
         fail_open: config.fail_open,
         event_interval_ns: interval_ns,
         event_burst_ns: interval_ns * u64::from(config.access_log.burst),
@@ -678,6 +659,41 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         load_ids(&config.ids_file())
     };
     let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let refuses_packet_sockets = loaded.refuses_packet_sockets();
+    let revoker = if config.revoke_established {
+        match crate::dataplane::revoke::Revoker::new(&config.pin_path()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(
+                    "cannot revoke established connections ({e}): this needs bpf_sock_destroy \
+                     and socket iterators (kernel 6.5 or later); a connection opened while its \
+                     destination was allowed runs until it closes"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let events = telemetry.events;
+    // From here on one thread holds the programs and every map.
+    let owner = crate::dataplane::owner::Owner::start(
+        crate::dataplane::owner::Parts {
+            loaded,
+            maps,
+            syncer,
+            learned: telemetry.learned,
+            poller: StatsPoller::new(
+                telemetry.stats,
+                telemetry.counters,
+                telemetry.traffic,
+                telemetry.rate,
+            ),
+            revoker,
+        },
+        metrics.clone(),
+        catalog.clone(),
+    );
 
     // Resolve DNS endpoints once before the first sync, so their VIPs work from
     // the first connect(); the resolver task keeps them current from then on.
@@ -691,7 +707,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     crate::dns::resolver::refresh(resolver.as_ref(), &mut tracker, &metrics).await;
     let resolved = Arc::new(RwLock::new(tracker.resolved()));
     metrics
-        .dns_resolved_names
+        .dns
+        .resolved_names
         .set(tracker.resolved().len() as i64);
     let (names_tx, names_rx) = watch::channel(names);
     let (dns_tx, dns_rx) = watch::channel(Arc::new(DnsTables::default()));
@@ -705,13 +722,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         remembered: memory,
         workloads: Vec::new(),
         ids_saved: ids.assigned(),
-        applied: None,
-        revoker: None,
         sink: sink.clone(),
         dns_settings: None,
         ids,
-        syncer,
-        maps,
+        owner: owner.clone(),
         catalog: catalog.clone(),
         metrics: metrics.clone(),
         resolved: resolved.clone(),
@@ -727,14 +741,13 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     // Fill the maps before attaching: the first connect() already sees the
     // registry. An adopted dataplane keeps enforcing its last state meanwhile.
     let started = Instant::now();
-    state.sync()?;
+    state.sync().await?;
     release_memory();
-    loaded.attach(&state.config.cgroup_path)?;
+    let a = owner.attach(state.config.cgroup_path.clone()).await?;
     // Every hook runs this agent's programs on this agent's maps now: what only
     // the previous programs used can go.
-    state.syncer.release_orphans();
-    state.sync()?;
-    let a = &loaded.adoption;
+    owner.release_orphans();
+    state.sync().await?;
     info!(
         adopted_maps = a.adopted_maps.len(),
         adopted_entries,
@@ -752,12 +765,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     );
     let mut interfaces = state.config.interfaces();
-    let mut tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, Vec::new());
+    let mut tc_failed = sync_tc(&owner, &interfaces, &metrics, Vec::new()).await;
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     state.log_enforcement();
-    if !loaded.refuses_packet_sockets() {
+    if !refuses_packet_sockets {
         for w in &state.config.workloads {
             if w.interface.is_none()
                 && state.config.socket_flags(w) & egress_common::WL_SOCK_PACKET == 0
@@ -773,17 +786,6 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     }
 
-    if state.config.revoke_established {
-        match crate::dataplane::revoke::Revoker::new(&state.config.pin_path()) {
-            Ok(r) => state.revoker = Some(r),
-            Err(e) => warn!(
-                "cannot revoke established connections ({e}): this needs bpf_sock_destroy \
-                 and socket iterators (kernel 6.5 or later); a connection opened while its \
-                 destination was allowed runs until it closes"
-            ),
-        }
-    }
-
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::dns::resolver::run(
         resolver,
@@ -793,7 +795,6 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         resolved_tx,
         metrics.clone(),
     ));
-    let learned = Arc::new(std::sync::Mutex::new(telemetry.learned));
     // The DNS proxy's tasks stop apart from the others: they drain first.
     let mut dns_tasks = tokio::task::JoinSet::new();
     let (dns_stop, dns_stop_rx) = watch::channel(false);
@@ -803,7 +804,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         let proxy = Arc::new(crate::dns::proxy::Proxy {
             settings: settings_rx,
             tables: dns_rx,
-            learned: learned.clone(),
+            learned: Arc::new(owner.clone()),
             metrics: metrics.clone(),
         });
         // A TCP connection waiting in a listener that closes moves to another
@@ -842,25 +843,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             "DNS proxy serving"
         );
     }
-    tasks.spawn(learned_gc(learned, metrics.clone()));
     tasks.spawn(async move {
-        if let Err(e) = crate::telemetry::events::run(telemetry.events, catalog.clone(), sink).await
-        {
+        if let Err(e) = crate::telemetry::events::run(events, catalog.clone(), sink).await {
             error!("event reader stopped: {e}");
         }
     });
-    let poller = StatsPoller::new(
-        telemetry.stats,
-        telemetry.counters,
-        telemetry.traffic,
-        telemetry.rate,
-    );
-    tasks.spawn(metrics::poll_loop(
-        poller,
-        metrics.clone(),
-        state.catalog.clone(),
-        Duration::from_millis(500),
-    ));
     if let Some(addr) = state.config.metrics_address {
         let m = metrics.clone();
         tasks.spawn(async move {
@@ -902,7 +889,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 while cgroup_changes.try_recv().is_ok() {}
                 if state.refresh_workloads() {
                     let started = Instant::now();
-                    if let Err(e) = state.sync() {
+                    if let Err(e) = state.sync().await {
                         error!("sync failed, will retry: {e}");
                     }
                     info!(micros = started.elapsed().as_micros() as u64, "workload cgroups changed");
@@ -915,17 +902,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 due = true;
             }
             Some(()) = resolved_rx.recv() => {
-                if let Err(e) = state.sync() {
+                if let Err(e) = state.sync().await {
                     error!("sync failed, will retry: {e}");
                 }
             }
             _ = tick.tick() => {
-                tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, tc_failed);
+                tc_failed = sync_tc(&owner, &interfaces, &metrics, tc_failed).await;
                 if fingerprint(&dir) != seen {
                     due = true;
                 }
                 if state.refresh_workloads()
-                    && let Err(e) = state.sync()
+                    && let Err(e) = state.sync().await
                 {
                     error!("sync failed, will retry: {e}");
                 }
@@ -946,7 +933,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 None => (None, tokio::sync::mpsc::channel(1).1),
             };
             interfaces = state.config.interfaces();
-            tc_failed = sync_tc(&mut loaded, &interfaces, &metrics, tc_failed);
+            tc_failed = sync_tc(&owner, &interfaces, &metrics, tc_failed).await;
             state.refresh_workloads();
             due = true;
         }
@@ -955,7 +942,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             let started = Instant::now();
             if state.reload() {
                 let read = started.elapsed();
-                if let Err(e) = state.sync() {
+                if let Err(e) = state.sync().await {
                     error!("sync failed, will retry: {e}");
                 }
                 info!(
@@ -983,8 +970,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     if running_pid(&state.config) == Some(std::process::id()) {
         let _ = std::fs::remove_file(state.config.pid_file());
     }
-    let at = loaded.attached_at().map(|p| p.display().to_string());
-    drop(loaded);
+    let at = Some(state.config.cgroup_path.display().to_string());
     match state.config.on_exit {
         OnExit::Keep => {
             info!(

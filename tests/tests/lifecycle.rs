@@ -361,3 +361,48 @@ fn now_secs() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+#[test]
+fn dns_learned_addresses_survive_a_restart() {
+    let w = World::new(3);
+    let upstream =
+        egress_tests::dns::DnsServer::start(w.net.ext(3), std::net::SocketAddr::new(ext_v4(3), 53));
+    upstream.set_ips("api.partner.example", &["198.18.0.11"], 300);
+    w.write_se(
+        "partner.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: shop}
+spec:
+  hosts: [api.partner.example]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 8080, name: tcp, protocol: TCP}]
+"#,
+    );
+    let _e1 = w.ext_server(1, 8080, "ext1");
+    let mut agent = w.start_agent(
+        "REGISTRY_ONLY",
+        &format!("{}  learnedMinTtl: 300s\n", dns_extra()),
+    );
+    assert_eq!(w.pod().connect(sa("198.18.0.11:8080")).errno, libc::EPERM);
+    let out = w.pod().run(
+        "dig",
+        &["+short", "+time=2", "+tries=1", "api.partner.example"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "198.18.0.11");
+    assert!(w.pod().connect(sa("198.18.0.11:8080")).ok);
+    agent.signal_and_wait(libc::SIGKILL);
+    // No agent: the pinned learned entry still allows it.
+    assert!(w.pod().connect(sa("198.18.0.11:8080")).ok);
+    let agent = Agent::start(&w.config_path(), agent.metrics, agent.netns.as_deref());
+    // The new agent adopted it: still allowed with no new lookup.
+    assert!(w.pod().connect(sa("198.18.0.11:8080")).ok);
+    assert_eq!(upstream.queries_for("api.partner.example", None), 1);
+    let start = Instant::now();
+    let learned = || metric_sum(&agent.metrics_text(), "egress_dns_learned_entries", &[]);
+    while learned() < 1.0 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(learned(), 1.0);
+}

@@ -239,3 +239,43 @@ fn with_revocation_off_established_connections_stay() {
         0.0
     );
 }
+
+#[test]
+fn a_workload_moved_to_another_namespace_loses_what_it_no_longer_sees() {
+    let w = World::new(3);
+    // Exported to its own namespace only.
+    w.write_se(
+        "legacy.yaml",
+        &LEGACY.replace(
+            "  hosts: [legacy.internal]",
+            "  hosts: [legacy.internal]\n  exportTo: [\".\"]",
+        ),
+    );
+    w.write_se("keep.yaml", KEEP);
+    w.write_se("udp.yaml", UDP);
+    let _ext1 = w.ext_server(1, 8080, "ext1");
+    let _ext2 = w.ext_server(2, 8080, "ext2");
+    let _udp = UdpServer::start(w.net.ext(3), sa("0.0.0.0:5353"), "ext3");
+    let agent = w.start_agent("REGISTRY_ONLY", "");
+    let client = start_client(&w, 2);
+    // The workload's namespace changes in the agent's configuration.
+    let text = std::fs::read_to_string(w.config_path()).unwrap();
+    std::fs::write(
+        w.config_path(),
+        text.replace("namespace: shop", "namespace: team"),
+    )
+    .unwrap();
+    let result = client.result();
+    assert_eq!(result["tcp"]["errno"], libc::ECONNABORTED, "{result}");
+    // Exported everywhere: still visible, still up.
+    assert_eq!(result["keep"], "up", "{result}");
+    assert_eq!(result["udp"], "up", "{result}");
+    assert_eq!(
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_revoked_connections_total",
+            &[]
+        ),
+        1.0
+    );
+}

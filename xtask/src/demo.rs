@@ -82,6 +82,9 @@ pub fn demo(hold: bool) -> Result<()> {
             "metricsAddress: 127.0.0.1:9464",
             &format!("metricsAddress: 127.0.0.1:{metrics_port}"),
         );
+    // The sandbox goes with the demo: so do the programs (fail static is for
+    // nodes, not for a demo interrupted with Ctrl-C).
+    let config_text = format!("{config_text}\nonExit: uninstall\n");
     std::fs::write(dir.join("agent.yaml"), config_text)?;
     copy_dir(&example.join("serviceentries"), &dir.join("serviceentries"))?;
     println!(

@@ -635,7 +635,7 @@ fn add_names(names: &mut ViewDns, s: &Service, service_id: u32, ports: &[u16]) {
     if !host.answers_locally() && host.learn.is_empty() {
         return;
     }
-    match s.host_key.strip_prefix('*') {
+    match crate::istio::hosts::wildcard_suffix(&s.host_key) {
         Some(suffix) => {
             if !names.wildcards.iter().any(|(x, _)| x == suffix) {
                 names.wildcards.push((suffix.to_owned(), host));

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod compile;
 pub mod loader;
 pub mod netlink;
+pub mod owner;
 pub mod preflight;
 pub mod revoke;
 pub mod sync;

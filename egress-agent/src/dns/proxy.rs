@@ -22,19 +22,13 @@ pub use crate::config::DnsProxySettings as Settings;
 use super::table::{DnsClient, DnsTables, HostDns, ViewDns};
 use crate::telemetry::metrics::Metrics;
 
-/// Where learned destinations go: the kernel map in the agent.
+/// Where learned destinations go: the dataplane owner, which writes them to the
+/// kernel and acknowledges ([`crate::dataplane::owner::Owner`]).
 pub trait LearnSink: Send + Sync + 'static {
-    fn learn(&self, entries: &[(LearnedKey, LearnedValue)]) -> Result<(), String>;
-}
-
-impl LearnSink for Mutex<crate::dataplane::loader::LearnedMap> {
-    fn learn(&self, entries: &[(LearnedKey, LearnedValue)]) -> Result<(), String> {
-        let mut map = self.lock().expect("learned map lock");
-        for (k, v) in entries {
-            map.insert(k, v, 0).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
+    fn learn(
+        &self,
+        entries: Vec<(LearnedKey, LearnedValue)>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 /// The matching key of a DNS name.
@@ -197,7 +191,8 @@ impl<L: LearnSink> Proxy<L> {
     pub async fn handle(&self, query: &[u8], src: IpAddr, tcp: bool) -> Option<Vec<u8>> {
         let Ok(msg) = Message::from_vec(query) else {
             self.metrics
-                .dns_queries
+                .dns
+                .queries
                 .with_label_values(&["malformed"])
                 .inc();
             return None;
@@ -207,13 +202,14 @@ impl<L: LearnSink> Proxy<L> {
         // Only workloads are answered: the proxy is no open resolver on the node.
         let Some((client, view)) = tables.client(src) else {
             self.metrics
-                .dns_queries
+                .dns
+                .queries
                 .with_label_values(&["refused_source"])
                 .inc();
             return answer(&msg, ResponseCode::Refused);
         };
         if let Some(resp) = local_answer(&msg, view, settings.vip_ttl) {
-            self.metrics.dns_queries.with_label_values(&["vip"]).inc();
+            self.metrics.dns.queries.with_label_values(&["vip"]).inc();
             return resp.to_vec().ok();
         }
         if settings.refuse_unregistered
@@ -225,7 +221,8 @@ impl<L: LearnSink> Proxy<L> {
         {
             // Never forwarded: a name outside the view carries nothing out.
             self.metrics
-                .dns_queries
+                .dns
+                .queries
                 .with_label_values(&["nxdomain_unregistered"])
                 .inc();
             return answer(&msg, ResponseCode::NXDomain);
@@ -247,14 +244,16 @@ impl<L: LearnSink> Proxy<L> {
                 .await
         };
         self.metrics
-            .dns_upstream_seconds
+            .dns
+            .upstream_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut reply = match reply {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "upstream DNS failed");
                 self.metrics
-                    .dns_queries
+                    .dns
+                    .queries
                     .with_label_values(&["servfail"])
                     .inc();
                 return servfail(&msg);
@@ -274,22 +273,25 @@ impl<L: LearnSink> Proxy<L> {
             );
             // Written before the answer is released: the client's first
             // connect() after it can never race the map write.
-            if let Err(e) = self.learned.learn(&entries) {
+            if let Err(e) = self.learned.learn(entries).await {
                 warn!(host = %host.host, error = %e, "cannot record learned addresses");
                 self.metrics
-                    .dns_queries
+                    .dns
+                    .queries
                     .with_label_values(&["learn_failed"])
                     .inc();
             } else {
                 self.metrics
-                    .dns_queries
+                    .dns
+                    .queries
                     .with_label_values(&["learned"])
                     .inc();
                 return Some(reply);
             }
         }
         self.metrics
-            .dns_queries
+            .dns
+            .queries
             .with_label_values(&["forwarded"])
             .inc();
         Some(reply)
@@ -319,7 +321,8 @@ impl<L: LearnSink> Proxy<L> {
                         return Ok::<_, String>(buf);
                     }
                     self.metrics
-                        .dns_queries
+                        .dns
+                        .queries
                         .with_label_values(&["reply_mismatch"])
                         .inc();
                 }
@@ -353,7 +356,8 @@ impl<L: LearnSink> Proxy<L> {
                 s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
                 if !answers(&buf, id, asked) {
                     self.metrics
-                        .dns_queries
+                        .dns
+                        .queries
                         .with_label_values(&["reply_mismatch"])
                         .inc();
                     return Err("the reply does not answer the query".to_owned());
@@ -495,7 +499,8 @@ pub async fn serve_tcp<L: LearnSink>(
                 warn!(error = %e, "DNS proxy: accept failed; backing off {backoff:?}");
                 proxy
                     .metrics
-                    .dns_queries
+                    .dns
+                    .queries
                     .with_label_values(&["accept_error"])
                     .inc();
                 tokio::time::sleep(backoff).await;
@@ -519,7 +524,8 @@ pub async fn serve_tcp<L: LearnSink>(
         if !admitted {
             proxy
                 .metrics
-                .dns_queries
+                .dns
+                .queries
                 .with_label_values(&["tcp_over_limit"])
                 .inc();
             drop(stream);

@@ -241,12 +241,13 @@ pub async fn refresh<R: Resolve>(r: &R, tracker: &mut Tracker, metrics: &Metrics
     let mut changed = false;
     for (name, result) in due.iter().zip(results) {
         metrics
-            .dns_resolutions
+            .dns
+            .resolutions
             .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
             .inc();
         changed |= tracker.apply(name, result, Instant::now());
     }
-    metrics.dns_stale.set(tracker.stale() as i64);
+    metrics.dns.stale.set(tracker.stale() as i64);
     changed
 }
 
@@ -266,7 +267,8 @@ pub async fn run<R: Resolve>(
         if removed || updated {
             *out.write().expect("resolved lock") = tracker.resolved();
             metrics
-                .dns_resolved_names
+                .dns
+                .resolved_names
                 .set(tracker.resolved().len() as i64);
             let _ = changed.try_send(());
         }

@@ -44,7 +44,7 @@ impl ViewDns {
         }
         self.wildcards
             .iter()
-            .find(|(suffix, _)| key.ends_with(suffix.as_str()) && key.len() > suffix.len())
+            .find(|(suffix, _)| crate::istio::hosts::under_wildcard(&key, suffix))
             .map(|(_, h)| h)
     }
 }

@@ -2,6 +2,7 @@
 //! `networking.istio.io/{v1,v1beta1,v1alpha3}` objects, parsed into typed specs with
 //! every problem reported against its file, resource and field.
 
+pub mod hosts;
 pub mod traffic;
 pub mod validate;
 pub mod validate_traffic;

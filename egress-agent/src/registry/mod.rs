@@ -105,10 +105,7 @@ impl Service {
     }
 }
 
-/// Matching form of a host (deviation D7).
-pub fn host_key(host: &str) -> String {
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
-}
+pub use crate::istio::hosts::key as host_key;
 
 /// Services of one ServiceEntry, before same-host merging. The entry must be valid.
 pub fn convert(res: &Resource<ServiceEntry>) -> Vec<Service> {

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::OutboundMode;
-use crate::istio::validate_traffic::subset_of;
 use crate::istio::{Resource, SidecarSpec};
 use crate::registry::Service;
 
@@ -80,7 +79,7 @@ impl SidecarScope {
         };
         let ns_matches =
             |ns: &str| ns == "*" || (ns == "." && s.namespace == client_ns) || ns == s.namespace;
-        let host_matches = |name: &str| name == "*" || subset_of(&s.host_key, name);
+        let host_matches = |name: &str| crate::istio::hosts::subset_of(&s.host_key, name);
         let excluded = l.hosts.iter().any(|(ns, name)| {
             ns.strip_prefix('~')
                 .is_some_and(|bare| (bare.is_empty() || ns_matches(bare)) && host_matches(name))

@@ -36,28 +36,28 @@ pub const CONNECTION_LABELS: &[&str] = &[
     "policy_mode",
 ];
 
-/// Every metric the agent exports.
+/// Every metric the agent exports, by subsystem; each subsystem registers its
+/// own families.
 pub struct Metrics {
     pub registry: Registry,
+    pub traffic: TrafficMetrics,
+    pub dataplane: DataplaneMetrics,
+    pub config: ConfigMetrics,
+    pub dns: DnsMetrics,
+    pub ready: AtomicBool,
+}
+
+/// Registers `c` and hands it back.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric names");
+    c
+}
+
+/// What workloads did: classified connections, bytes and packets, the access log.
+pub struct TrafficMetrics {
     pub connections: IntCounterVec,
-    pub kernel_counters: IntCounterVec,
-    pub config_rejected: IntCounterVec,
-    /// Established connections destroyed because their destination left the
-    /// workload's view.
-    pub revoked: IntCounterVec,
-    /// Reloads of the agent's configuration file, by result.
-    pub config_reloads: IntCounterVec,
-    pub config_warnings: IntCounterVec,
-    pub resources: IntGaugeVec,
-    pub map_entries: IntGaugeVec,
-    pub syncs: IntCounterVec,
-    pub sync_duration_us: IntGauge,
-    pub dns_queries: IntCounterVec,
-    pub dns_upstream_seconds: Histogram,
-    pub dns_learned_entries: IntGauge,
-    pub dns_resolutions: IntCounterVec,
-    pub dns_stale: IntGauge,
-    pub dns_resolved_names: IntGauge,
     pub sent_bytes: IntCounterVec,
     pub received_bytes: IntCounterVec,
     pub sent_packets: IntCounterVec,
@@ -66,14 +66,14 @@ pub struct Metrics {
     pub istio_sent_bytes: IntCounterVec,
     pub istio_received_bytes: IntCounterVec,
     pub access_log_dropped: IntCounterVec,
-    pub map_capacity: IntGaugeVec,
-    pub traffic_interfaces: IntGauge,
-    pub ready: AtomicBool,
 }
 
-impl Metrics {
-    pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
+impl TrafficMetrics {
+    /// Creates the subsystem's families and registers them in `registry`.
+    fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
         let connections = IntCounterVec::new(
             Opts::new(
                 "egress_connections_total",
@@ -82,119 +82,6 @@ impl Metrics {
             CONNECTION_LABELS,
         )
         .expect("valid metric");
-        let kernel_counters = IntCounterVec::new(
-            Opts::new(
-                "egress_kernel_events_total",
-                "Kernel-side error and drop counters (program errors, dropped events, full maps)",
-            ),
-            &["counter"],
-        )
-        .expect("valid metric");
-        let revoked = IntCounterVec::new(
-            Opts::new(
-                "egress_revoked_connections_total",
-                "Established TCP connections and connected UDP sockets destroyed because their \
-                 destination left the workload's view",
-            ),
-            &["source_namespace", "source_workload", "destination_service"],
-        )
-        .expect("valid metric");
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "egress_config_reloads_total",
-                "Reloads of the agent's configuration file (SIGHUP or an edit), by result",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let config_rejected = IntCounterVec::new(
-            Opts::new(
-                "egress_config_rejected_total",
-                "Resources rejected by validation",
-            ),
-            &["kind", "namespace", "name"],
-        )
-        .expect("valid metric");
-        let config_warnings = IntCounterVec::new(
-            Opts::new(
-                "egress_config_warnings_total",
-                "Resources applied with validation warnings",
-            ),
-            &["kind", "namespace", "name"],
-        )
-        .expect("valid metric");
-        let resources = IntGaugeVec::new(
-            Opts::new(
-                "egress_config_resources",
-                "Resources by state: loaded, rejected, stale (last good version kept)",
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
-        let map_entries = IntGaugeVec::new(
-            Opts::new(
-                "egress_map_entries",
-                "Entries the agent keeps in each eBPF map",
-            ),
-            &["map"],
-        )
-        .expect("valid metric");
-        let syncs = IntCounterVec::new(
-            Opts::new("egress_syncs_total", "Dataplane syncs by result"),
-            &["result"],
-        )
-        .expect("valid metric");
-        let sync_duration_us = IntGauge::new(
-            "egress_sync_duration_microseconds",
-            "Duration of the last dataplane sync",
-        )
-        .expect("valid metric");
-        let dns_queries = IntCounterVec::new(
-            Opts::new(
-                "egress_dns_queries_total",
-                "Workload DNS queries by result: vip (answered locally), forwarded, learned \
-                 (forwarded, addresses learned), servfail, malformed, learn_failed",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let dns_upstream_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "egress_dns_upstream_seconds",
-                "Latency of forwarded queries to the upstream resolver",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
-            ]),
-        )
-        .expect("valid metric");
-        let dns_learned_entries = IntGauge::new(
-            "egress_dns_learned_entries",
-            "Destinations workloads may use because a DNS answer named a registry host",
-        )
-        .expect("valid metric");
-        let dns_resolutions = IntCounterVec::new(
-            Opts::new(
-                "egress_dns_resolutions_total",
-                "Resolutions of DNS/DNS_ROUND_ROBIN endpoints by result",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let dns_stale = IntGauge::new(
-            "egress_dns_stale_answers",
-            "Names served from their last good answer because resolution fails",
-        )
-        .expect("valid metric");
-        let dns_resolved_names = IntGauge::new(
-            "egress_dns_resolved_names",
-            "Names of DNS/DNS_ROUND_ROBIN endpoints with a usable answer",
-        )
-        .expect("valid metric");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
         let sent_bytes = counter(
             "egress_sent_bytes_total",
             "Payload bytes workloads sent, by destination service",
@@ -235,6 +122,69 @@ impl Metrics {
             "Denied or audited attempts not logged because their workload exceeded the log rate",
             &["source_namespace", "source_workload"],
         );
+        Self {
+            connections: register(registry, connections),
+            sent_bytes: register(registry, sent_bytes),
+            received_bytes: register(registry, received_bytes),
+            sent_packets: register(registry, sent_packets),
+            received_packets: register(registry, received_packets),
+            istio_opened: register(registry, istio_opened),
+            istio_sent_bytes: register(registry, istio_sent_bytes),
+            istio_received_bytes: register(registry, istio_received_bytes),
+            access_log_dropped: register(registry, access_log_dropped),
+        }
+    }
+}
+
+/// The kernel side: syncs, map fill, kernel error counters, revocations, interfaces.
+pub struct DataplaneMetrics {
+    pub kernel_counters: IntCounterVec,
+    pub revoked: IntCounterVec,
+    pub map_entries: IntGaugeVec,
+    pub syncs: IntCounterVec,
+    pub sync_duration_us: IntGauge,
+    pub map_capacity: IntGaugeVec,
+    pub interfaces: IntGauge,
+}
+
+impl DataplaneMetrics {
+    /// Creates the subsystem's families and registers them in `registry`.
+    fn new(registry: &Registry) -> Self {
+        let kernel_counters = IntCounterVec::new(
+            Opts::new(
+                "egress_kernel_events_total",
+                "Kernel-side error and drop counters (program errors, dropped events, full maps)",
+            ),
+            &["counter"],
+        )
+        .expect("valid metric");
+        let revoked = IntCounterVec::new(
+            Opts::new(
+                "egress_revoked_connections_total",
+                "Established TCP connections and connected UDP sockets destroyed because their \
+                 destination left the workload's view",
+            ),
+            &["source_namespace", "source_workload", "destination_service"],
+        )
+        .expect("valid metric");
+        let map_entries = IntGaugeVec::new(
+            Opts::new(
+                "egress_map_entries",
+                "Entries the agent keeps in each eBPF map",
+            ),
+            &["map"],
+        )
+        .expect("valid metric");
+        let syncs = IntCounterVec::new(
+            Opts::new("egress_syncs_total", "Dataplane syncs by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let sync_duration_us = IntGauge::new(
+            "egress_sync_duration_microseconds",
+            "Duration of the last dataplane sync",
+        )
+        .expect("valid metric");
         let map_capacity = IntGaugeVec::new(
             Opts::new(
                 "egress_map_capacity",
@@ -256,69 +206,151 @@ impl Metrics {
         ] {
             map_capacity.with_label_values(&[name]).set(i64::from(cap));
         }
-        let traffic_interfaces = IntGauge::new(
+        let interfaces = IntGauge::new(
             "egress_traffic_interfaces",
             "Workload interfaces with traffic counters attached",
         )
         .expect("valid metric");
-        for c in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(kernel_counters.clone()),
-            Box::new(config_rejected.clone()),
-            Box::new(revoked.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(config_warnings.clone()),
-            Box::new(resources.clone()),
-            Box::new(map_entries.clone()),
-            Box::new(syncs.clone()),
-            Box::new(sync_duration_us.clone()),
-            Box::new(dns_queries.clone()),
-            Box::new(dns_upstream_seconds.clone()),
-            Box::new(dns_learned_entries.clone()),
-            Box::new(dns_resolutions.clone()),
-            Box::new(dns_stale.clone()),
-            Box::new(dns_resolved_names.clone()),
-            Box::new(sent_bytes.clone()),
-            Box::new(received_bytes.clone()),
-            Box::new(sent_packets.clone()),
-            Box::new(received_packets.clone()),
-            Box::new(istio_opened.clone()),
-            Box::new(istio_sent_bytes.clone()),
-            Box::new(istio_received_bytes.clone()),
-            Box::new(access_log_dropped.clone()),
-            Box::new(map_capacity.clone()),
-            Box::new(traffic_interfaces.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
+        Self {
+            kernel_counters: register(registry, kernel_counters),
+            revoked: register(registry, revoked),
+            map_entries: register(registry, map_entries),
+            syncs: register(registry, syncs),
+            sync_duration_us: register(registry, sync_duration_us),
+            map_capacity: register(registry, map_capacity),
+            interfaces: register(registry, interfaces),
         }
+    }
+}
+
+/// The configuration: resources by state, rejections, warnings, reloads.
+pub struct ConfigMetrics {
+    pub rejected: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub warnings: IntCounterVec,
+    pub resources: IntGaugeVec,
+}
+
+impl ConfigMetrics {
+    /// Creates the subsystem's families and registers them in `registry`.
+    fn new(registry: &Registry) -> Self {
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "egress_config_rejected_total",
+                "Resources rejected by validation",
+            ),
+            &["kind", "namespace", "name"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "egress_config_reloads_total",
+                "Reloads of the agent's configuration file (SIGHUP or an edit), by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let warnings = IntCounterVec::new(
+            Opts::new(
+                "egress_config_warnings_total",
+                "Resources applied with validation warnings",
+            ),
+            &["kind", "namespace", "name"],
+        )
+        .expect("valid metric");
+        let resources = IntGaugeVec::new(
+            Opts::new(
+                "egress_config_resources",
+                "Resources by state: loaded, rejected, stale (last good version kept)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        Self {
+            rejected: register(registry, rejected),
+            reloads: register(registry, reloads),
+            warnings: register(registry, warnings),
+            resources: register(registry, resources),
+        }
+    }
+}
+
+/// The DNS proxy and the resolver of DNS endpoints.
+pub struct DnsMetrics {
+    pub queries: IntCounterVec,
+    pub upstream_seconds: Histogram,
+    pub learned_entries: IntGauge,
+    pub resolutions: IntCounterVec,
+    pub stale: IntGauge,
+    pub resolved_names: IntGauge,
+}
+
+impl DnsMetrics {
+    /// Creates the subsystem's families and registers them in `registry`.
+    fn new(registry: &Registry) -> Self {
+        let queries = IntCounterVec::new(
+            Opts::new(
+                "egress_dns_queries_total",
+                "Workload DNS queries by result: vip (answered locally), forwarded, learned \
+                 (forwarded, addresses learned), servfail, malformed, learn_failed",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "egress_dns_upstream_seconds",
+                "Latency of forwarded queries to the upstream resolver",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let learned_entries = IntGauge::new(
+            "egress_dns_learned_entries",
+            "Destinations workloads may use because a DNS answer named a registry host",
+        )
+        .expect("valid metric");
+        let resolutions = IntCounterVec::new(
+            Opts::new(
+                "egress_dns_resolutions_total",
+                "Resolutions of DNS/DNS_ROUND_ROBIN endpoints by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let stale = IntGauge::new(
+            "egress_dns_stale_answers",
+            "Names served from their last good answer because resolution fails",
+        )
+        .expect("valid metric");
+        let resolved_names = IntGauge::new(
+            "egress_dns_resolved_names",
+            "Names of DNS/DNS_ROUND_ROBIN endpoints with a usable answer",
+        )
+        .expect("valid metric");
+        Self {
+            queries: register(registry, queries),
+            upstream_seconds: register(registry, upstream_seconds),
+            learned_entries: register(registry, learned_entries),
+            resolutions: register(registry, resolutions),
+            stale: register(registry, stale),
+            resolved_names: register(registry, resolved_names),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
         Arc::new(Self {
+            traffic: TrafficMetrics::new(&registry),
+            dataplane: DataplaneMetrics::new(&registry),
+            config: ConfigMetrics::new(&registry),
+            dns: DnsMetrics::new(&registry),
             registry,
-            connections,
-            kernel_counters,
-            config_rejected,
-            revoked,
-            config_reloads,
-            config_warnings,
-            resources,
-            map_entries,
-            syncs,
-            sync_duration_us,
-            dns_queries,
-            dns_upstream_seconds,
-            dns_learned_entries,
-            dns_resolutions,
-            dns_stale,
-            dns_resolved_names,
-            sent_bytes,
-            received_bytes,
-            sent_packets,
-            received_packets,
-            istio_opened,
-            istio_sent_bytes,
-            istio_received_bytes,
-            access_log_dropped,
-            map_capacity,
-            traffic_interfaces,
             ready: AtomicBool::new(false),
         })
     }
@@ -483,15 +515,15 @@ impl StatsPoller {
 
     fn vec(metrics: &Metrics, f: Family) -> &IntCounterVec {
         match f {
-            Family::Connections => &metrics.connections,
-            Family::SentBytes => &metrics.sent_bytes,
-            Family::ReceivedBytes => &metrics.received_bytes,
-            Family::SentPackets => &metrics.sent_packets,
-            Family::ReceivedPackets => &metrics.received_packets,
-            Family::IstioOpened => &metrics.istio_opened,
-            Family::IstioSent => &metrics.istio_sent_bytes,
-            Family::IstioReceived => &metrics.istio_received_bytes,
-            Family::Dropped => &metrics.access_log_dropped,
+            Family::Connections => &metrics.traffic.connections,
+            Family::SentBytes => &metrics.traffic.sent_bytes,
+            Family::ReceivedBytes => &metrics.traffic.received_bytes,
+            Family::SentPackets => &metrics.traffic.sent_packets,
+            Family::ReceivedPackets => &metrics.traffic.received_packets,
+            Family::IstioOpened => &metrics.traffic.istio_opened,
+            Family::IstioSent => &metrics.traffic.istio_sent_bytes,
+            Family::IstioReceived => &metrics.traffic.istio_received_bytes,
+            Family::Dropped => &metrics.traffic.access_log_dropped,
         }
     }
 
@@ -624,6 +656,7 @@ impl StatsPoller {
             let last = &mut self.seen_counters[c as usize];
             if total > *last {
                 metrics
+                    .dataplane
                     .kernel_counters
                     .with_label_values(&[c.name()])
                     .inc_by(total - *last);
@@ -811,7 +844,7 @@ mod tests {
             &catalog(),
         );
         let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        m.connections.with_label_values(&refs).inc();
+        m.traffic.connections.with_label_values(&refs).inc();
         let text = m.render();
         assert!(text.contains("egress_connections_total{"), "{text}");
         assert!(text.contains("decision=\"denied\""), "{text}");
@@ -828,32 +861,32 @@ mod dashboard {
         let m = Metrics::new();
         // Touch one series of every labelled family so all are gathered.
         let touch = |v: &IntCounterVec, n: usize| v.with_label_values(&vec!["x"; n]).inc();
-        touch(&m.connections, CONNECTION_LABELS.len());
+        touch(&m.traffic.connections, CONNECTION_LABELS.len());
         for v in [
-            &m.sent_bytes,
-            &m.received_bytes,
-            &m.sent_packets,
-            &m.received_packets,
+            &m.traffic.sent_bytes,
+            &m.traffic.received_bytes,
+            &m.traffic.sent_packets,
+            &m.traffic.received_packets,
         ] {
             touch(v, TRAFFIC_LABELS.len());
         }
         for v in [
-            &m.istio_opened,
-            &m.istio_sent_bytes,
-            &m.istio_received_bytes,
+            &m.traffic.istio_opened,
+            &m.traffic.istio_sent_bytes,
+            &m.traffic.istio_received_bytes,
         ] {
             touch(v, ISTIO_LABELS.len());
         }
-        touch(&m.access_log_dropped, 2);
-        touch(&m.kernel_counters, 1);
-        touch(&m.config_rejected, 3);
-        touch(&m.config_warnings, 3);
-        touch(&m.dns_queries, 1);
-        touch(&m.dns_resolutions, 1);
-        touch(&m.syncs, 1);
-        m.resources.with_label_values(&["loaded"]).set(1);
-        m.map_entries.with_label_values(&["x"]).set(1);
-        m.dns_upstream_seconds.observe(0.001);
+        touch(&m.traffic.access_log_dropped, 2);
+        touch(&m.dataplane.kernel_counters, 1);
+        touch(&m.config.rejected, 3);
+        touch(&m.config.warnings, 3);
+        touch(&m.dns.queries, 1);
+        touch(&m.dns.resolutions, 1);
+        touch(&m.dataplane.syncs, 1);
+        m.config.resources.with_label_values(&["loaded"]).set(1);
+        m.dataplane.map_entries.with_label_values(&["x"]).set(1);
+        m.dns.upstream_seconds.observe(0.001);
         let exported: Vec<String> = m
             .registry
             .gather()
