@@ -431,6 +431,9 @@ pub struct Agent {
     pub child: Option<Child>,
     /// Its configuration file (for `egress-agent uninstall`).
     pub config: PathBuf,
+    /// The file's text at start: uninstall works even once the file is gone
+    /// (a sandbox removed before the agent).
+    config_text: String,
     pub log: PathBuf,
     pub metrics: SocketAddr,
     /// The network namespace it runs in (none: the test's own).
@@ -481,6 +484,7 @@ impl Agent {
         let mut agent = Self {
             child: Some(child),
             config: config.to_owned(),
+            config_text: std::fs::read_to_string(config).unwrap_or_default(),
             log,
             metrics,
             netns: netns.map(Path::to_owned),
@@ -560,8 +564,19 @@ impl Agent {
 
     /// `egress-agent uninstall --config` for this agent's configuration.
     pub fn uninstall(&self) {
+        // The sandbox (and the file with it) may be gone already: its text is
+        // enough where pinDir and runDir are absolute (the defaults).
+        let copy = (!self.config.exists()).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.yaml");
+            std::fs::write(&path, &self.config_text).unwrap();
+            (dir, path)
+        });
+        let config = copy
+            .as_ref()
+            .map_or(self.config.as_path(), |(_, p)| p.as_path());
         let out = Command::new(agent_bin())
-            .args(["uninstall", "--config", self.config.to_str().unwrap()])
+            .args(["uninstall", "--config", config.to_str().unwrap()])
             .output()
             .expect("run egress-agent uninstall");
         assert!(
@@ -596,11 +611,31 @@ impl Drop for Agent {
             self.stop();
         } else {
             // Stopped by the test (kill -9, SIGTERM): what it pinned goes too.
-            let _ = Command::new(agent_bin())
-                .args(["uninstall", "--config", self.config.to_str().unwrap()])
-                .output();
+            self.uninstall();
         }
     }
+}
+
+/// The tests' usual ServiceEntry: `legacy.internal` in namespace `shop`, VIP
+/// 240.240.1.1 port 80 rewritten to port 8080 of 198.18.0.11 and 198.18.0.12.
+pub const LEGACY_SE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: shop}
+spec:
+  hosts: [legacy.internal]
+  addresses: [240.240.1.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  endpoints:
+  - address: 198.18.0.11
+  - address: 198.18.0.12
+"#;
+
+/// [`LEGACY_SE`] with its first endpoint only.
+pub fn legacy_se_one_endpoint() -> String {
+    LEGACY_SE.replace("  - address: 198.18.0.12\n", "")
 }
 
 /// Minimal HTTP/1.0 GET: (status, body).

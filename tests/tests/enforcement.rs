@@ -12,20 +12,7 @@ fn server(w: &World, i: usize, port: u16) -> Server {
     w.ext_server(i, port, &format!("ext{i}:{port}"))
 }
 
-const LEGACY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: legacy, namespace: shop}
-spec:
-  hosts: [legacy.internal]
-  addresses: [240.240.1.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
-  endpoints:
-  - address: 198.18.0.11
-  - address: 198.18.0.12
-"#;
+const LEGACY: &str = LEGACY_SE;
 
 /// Waits until the sum of matching samples reaches `want` (the agent folds kernel
 /// counters in every 500 ms), then returns it.

@@ -13,20 +13,7 @@ use egress_tests::attack::SynCounter;
 use egress_tests::server::Server;
 use egress_tests::*;
 
-const LEGACY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: legacy, namespace: shop}
-spec:
-  hosts: [legacy.internal]
-  addresses: [240.240.1.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
-  endpoints:
-  - address: 198.18.0.11
-  - address: 198.18.0.12
-"#;
+const LEGACY: &str = LEGACY_SE;
 
 const RATE: u32 = 1500;
 const LOAD_MS: u64 = 5000;
@@ -405,4 +392,34 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(learned(), 1.0);
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_an_error_that_says_so() {
+    let w = World::new(1);
+    w.write_se("legacy.yaml", LEGACY);
+    let config = w.dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cgroupPath: {}\nserviceEntryDir: serviceentries\npinDir: pins\nstateDir: state\nrunDir: run\n",
+            w.root.path.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // Relative to the config file, like stateDir and runDir.
+    let pins = w.dir.path().join("pins");
+    assert!(err.contains(&pins.display().to_string()), "{err}");
+    assert!(err.contains("not on a bpf filesystem"), "{err}");
+    // Nothing was attached.
+    assert_eq!(
+        egress_tests::bpf::attached_count(&w.root.path, egress_tests::bpf::CGROUP_INET4_CONNECT),
+        0
+    );
 }

@@ -8,20 +8,6 @@ use std::time::{Duration, Instant};
 
 use egress_tests::*;
 
-const LEGACY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: legacy, namespace: shop}
-spec:
-  hosts: [legacy.internal]
-  addresses: [240.240.1.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
-  endpoints:
-  - address: 198.18.0.11
-"#;
-
 fn reloads(agent: &Agent, result: &str) -> f64 {
     metric_sum(
         &agent.metrics_text(),
@@ -51,7 +37,7 @@ fn set_mode(w: &World, from: &str, to: &str) {
 #[test]
 fn sighup_applies_a_policy_switch_and_revokes_what_it_now_refuses() {
     let w = World::new(3);
-    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("legacy.yaml", &legacy_se_one_endpoint());
     let _ext1 = w.ext_server(1, 8080, "ext1");
     let _ext3 = w.ext_server(3, 22, "ext3");
     let agent = w.start_agent("ALLOW_ANY", "");
@@ -109,7 +95,7 @@ fn sighup_applies_a_policy_switch_and_revokes_what_it_now_refuses() {
 #[test]
 fn an_edit_is_applied_and_a_broken_file_keeps_the_running_configuration() {
     let w = World::new(3);
-    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("legacy.yaml", &legacy_se_one_endpoint());
     let _ext3 = w.ext_server(3, 22, "ext3");
     let agent = w.start_agent("REGISTRY_ONLY", "");
     assert_eq!(w.pod().connect(sa("198.18.0.13:22")).errno, libc::EPERM);
@@ -159,14 +145,14 @@ fn an_edit_is_applied_and_a_broken_file_keeps_the_running_configuration() {
 #[test]
 fn a_typo_in_a_live_service_entry_keeps_its_last_good_version() {
     let w = World::new(3);
-    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("legacy.yaml", &legacy_se_one_endpoint());
     let _ext1 = w.ext_server(1, 8080, "ext1");
     let agent = w.start_agent("REGISTRY_ONLY", "");
     assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
     // An unknown field (a typo) in the live entry.
     w.write_se(
         "legacy.yaml",
-        &LEGACY.replace("resolution: STATIC", "resolutoin: STATIC"),
+        &legacy_se_one_endpoint().replace("resolution: STATIC", "resolutoin: STATIC"),
     );
     let stale = || {
         metric_sum(
@@ -184,7 +170,7 @@ fn a_typo_in_a_live_service_entry_keeps_its_last_good_version() {
     // Still in force.
     assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
     // Fixed: no longer stale.
-    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("legacy.yaml", &legacy_se_one_endpoint());
     assert!(wait_for(|| stale() == 0.0));
     assert!(w.pod().connect(sa("240.240.1.1:80")).ok);
 }

@@ -12,20 +12,6 @@ use egress_tests::attack::NftCounter;
 use egress_tests::server::UdpServer;
 use egress_tests::*;
 
-const LEGACY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: legacy, namespace: shop}
-spec:
-  hosts: [legacy.internal]
-  addresses: [240.240.1.1]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
-  endpoints:
-  - address: 198.18.0.11
-"#;
-
 const UDP: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -118,7 +104,7 @@ fn now() -> f64 {
 
 fn world() -> World {
     let w = World::new(3);
-    w.write_se("legacy.yaml", LEGACY);
+    w.write_se("legacy.yaml", &legacy_se_one_endpoint());
     w.write_se("udp.yaml", UDP);
     w.write_se("keep.yaml", KEEP);
     w
@@ -246,7 +232,7 @@ fn a_workload_moved_to_another_namespace_loses_what_it_no_longer_sees() {
     // Exported to its own namespace only.
     w.write_se(
         "legacy.yaml",
-        &LEGACY.replace(
+        &legacy_se_one_endpoint().replace(
             "  hosts: [legacy.internal]",
             "  hosts: [legacy.internal]\n  exportTo: [\".\"]",
         ),

@@ -220,6 +220,9 @@ impl State {
             if now >= next_poll {
                 let catalog = self.catalog.read().expect("catalog lock").clone();
                 self.poller.poll(&self.metrics, &catalog);
+                if let Err(e) = self.syncer.retire(&mut self.maps, now) {
+                    warn!("cannot delete a retired endpoint entry (will retry): {e}");
+                }
                 next_poll = now + POLL_EVERY;
             }
             if now >= next_gc {

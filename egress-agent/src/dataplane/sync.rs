@@ -64,7 +64,14 @@ pub struct Syncer {
     /// [`Syncer::release_orphans`].
     orphans: Vec<BackendKey>,
     orphans_held: bool,
+    /// Endpoint entries no longer wanted, with when they stopped being wanted:
+    /// deleted [`ENDPOINT_GRACE`] later ([`Syncer::retire`]) unless wanted again.
+    retiring: Vec<(ServiceKey, std::time::Instant)>,
 }
+
+/// How long an endpoint entry outlives its last VIP: the packets of a
+/// connection rewritten to it just before the change still pass the packet line.
+pub const ENDPOINT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the kernel holds in the policy maps, read back when an agent adopts a
 /// pinned dataplane.
@@ -147,6 +154,34 @@ impl Syncer {
         s.ifaces = kernel.ifaces;
         s.orphans_held = true;
         s
+    }
+
+    /// Deletes the endpoint entries retired at least [`ENDPOINT_GRACE`] before
+    /// `now` that no sync wanted again since.
+    pub fn retire(
+        &mut self,
+        w: &mut impl MapWriter,
+        now: std::time::Instant,
+    ) -> Result<usize, SyncError> {
+        let mut deleted = 0;
+        let mut keep = Vec::new();
+        for (k, since) in std::mem::take(&mut self.retiring) {
+            if self.services.contains_key(&k) {
+                continue;
+            }
+            if now.duration_since(since) < ENDPOINT_GRACE {
+                keep.push((k, since));
+                continue;
+            }
+            if let Err(e) = w.del_service(k) {
+                keep.push((k, since));
+                self.retiring.extend(keep);
+                return Err(e);
+            }
+            deleted += 1;
+        }
+        self.retiring = keep;
+        Ok(deleted)
     }
 
     /// The programs now read only the maps this syncer writes: backend entries
@@ -324,8 +359,15 @@ impl Syncer {
             .copied()
             .collect();
         for k in gone {
+            let v = self.services.remove(&k).expect("known");
+            if v.kind == SVC_ENDPOINT {
+                // A connect() rewritten to this endpoint just before the switch
+                // may still have its first packets on the way through the packet
+                // line: the entry goes a moment later.
+                self.retiring.push((k, std::time::Instant::now()));
+                continue;
+            }
             w.del_service(k)?;
-            self.services.remove(&k);
             st.deleted += 1;
         }
         let gone: Vec<CidrLpm> = self
@@ -617,6 +659,56 @@ pub mod tests {
             set_id: 40,
             slot: 0
         }));
+    }
+
+    #[test]
+    fn endpoint_entries_outlive_their_vip_by_the_grace_period() {
+        let mut s = Syncer::new();
+        let mut m = MemMaps::default();
+        let mut d = desired(&[(80, set(&["192.0.2.1"]))]);
+        d.services.insert(
+            key(8080),
+            ServiceTarget {
+                service_id: 1,
+                kind: SVC_ENDPOINT,
+                set: None,
+            },
+        );
+        s.sync(&d, &mut m).unwrap();
+        assert!(m.services.contains_key(&key(8080)));
+        // The endpoint is no longer wanted: still there right after the sync...
+        d.services.remove(&key(8080));
+        s.sync(&d, &mut m).unwrap();
+        let start = std::time::Instant::now();
+        assert!(m.services.contains_key(&key(8080)));
+        assert_eq!(s.retire(&mut m, start).unwrap(), 0);
+        assert!(m.services.contains_key(&key(8080)));
+        // ...and gone after the grace period.
+        assert_eq!(s.retire(&mut m, start + ENDPOINT_GRACE).unwrap(), 1);
+        assert!(!m.services.contains_key(&key(8080)));
+        // Wanted again within the grace period: kept.
+        d.services.insert(
+            key(8080),
+            ServiceTarget {
+                service_id: 1,
+                kind: SVC_ENDPOINT,
+                set: None,
+            },
+        );
+        s.sync(&d, &mut m).unwrap();
+        d.services.remove(&key(8080));
+        s.sync(&d, &mut m).unwrap();
+        d.services.insert(
+            key(8080),
+            ServiceTarget {
+                service_id: 1,
+                kind: SVC_ENDPOINT,
+                set: None,
+            },
+        );
+        s.sync(&d, &mut m).unwrap();
+        assert_eq!(s.retire(&mut m, start + 2 * ENDPOINT_GRACE).unwrap(), 0);
+        assert!(m.services.contains_key(&key(8080)));
     }
 
     #[test]
