@@ -747,7 +747,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     // Every hook runs this agent's programs on this agent's maps now: what only
     // the previous programs used can go.
     owner.release_orphans();
-    state.sync().await?;
+    if a.adopted() {
+        // Backend entries only the previous programs used go now.
+        state.sync().await?;
+        release_memory();
+    }
     info!(
         adopted_maps = a.adopted_maps.len(),
         adopted_entries,

@@ -136,6 +136,7 @@ fn removed_destinations_lose_their_connections_within_100ms() {
         let r = &result[name];
         assert_eq!(r["errno"], libc::ECONNABORTED, "{name}: {result}");
         let after = r["time"].as_f64().unwrap() - changed;
+        eprintln!("{name} revoked {:.1} ms after the change", after * 1e3);
         assert!(
             after < 0.1,
             "{name} revoked {:.1} ms after the change",
@@ -256,6 +257,81 @@ fn a_workload_moved_to_another_namespace_loses_what_it_no_longer_sees() {
     // Exported everywhere: still visible, still up.
     assert_eq!(result["keep"], "up", "{result}");
     assert_eq!(result["udp"], "up", "{result}");
+    assert_eq!(
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_revoked_connections_total",
+            &[]
+        ),
+        1.0
+    );
+}
+
+/// Holds one TCP connection to `198.18.0.11:8080` and reports how it ended.
+const HOLD_ONE: &str = r#"
+import json, socket, time
+s = socket.create_connection(('198.18.0.11', 8080), timeout=5)
+print('ready', flush=True)
+s.settimeout(2)
+try:
+    r = s.recv(10)
+    print(json.dumps({'errno': 0, 'time': time.time()}), flush=True)
+except socket.timeout:
+    print(json.dumps({'up': True}), flush=True)
+except OSError as e:
+    print(json.dumps({'errno': e.errno, 'time': time.time()}), flush=True)
+"#;
+
+#[test]
+fn a_host_leaving_the_view_takes_its_learned_addresses_and_their_connections() {
+    let w = World::new(3);
+    let upstream =
+        egress_tests::dns::DnsServer::start(w.net.ext(3), std::net::SocketAddr::new(ext_v4(3), 53));
+    upstream.set_ips("api.partner.example", &["198.18.0.11"], 300);
+    let partner = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: shop}
+spec:
+  hosts: [api.partner.example]
+  location: MESH_EXTERNAL
+  resolution: NONE
+  ports: [{number: 8080, name: tcp, protocol: TCP}]
+"#;
+    w.write_se("partner.yaml", partner);
+    let _e1 = w.ext_server(1, 8080, "ext1");
+    let agent = w.start_agent(
+        "REGISTRY_ONLY",
+        &format!(
+            "dns:\n  listen: [\"{NODE_V4}:53\"]\n  upstream: [\"{}:53\"]\n  learnedMinTtl: 300s\n",
+            ext_v4(3)
+        ),
+    );
+    let out = w.pod().run(
+        "dig",
+        &["+short", "+time=2", "+tries=1", "api.partner.example"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "198.18.0.11");
+    let mut child = w
+        .pod()
+        .command("python3")
+        .args(["-c", HOLD_ONE])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let changed = now();
+    std::fs::remove_file(w.se_dir().join("partner.yaml")).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    child.wait().unwrap();
+    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(r["errno"], libc::ECONNABORTED, "{r}");
+    assert!(r["time"].as_f64().unwrap() - changed < 0.1, "{r}");
+    // The learned address no longer allows anything, though its TTL runs on.
+    assert_eq!(w.pod().connect(sa("198.18.0.11:8080")).errno, libc::EPERM);
     assert_eq!(
         metric_sum(
             &agent.metrics_text(),

@@ -13,6 +13,7 @@
 //! The ring buffer of denials is the one exception: it is a queue out of the
 //! kernel that the access-log task drains, and nothing writes it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -279,15 +280,41 @@ impl State {
             sizes: self.syncer.sizes().to_vec(),
             ..Applied::default()
         };
-        let old = self.applied.replace(desired);
+        let changed = self.applied.as_deref().is_none_or(|old| {
+            !(old.workloads == desired.workloads
+                && old.services == desired.services
+                && old.cidrs == desired.cidrs
+                && old.policy_cidrs == desired.policy_cidrs)
+        });
+        // Learned entries of hosts that left a workload's view go (they would
+        // otherwise allow new connections until their TTL ends).
+        let before: HashMap<LearnedKey, LearnedValue> = self.learned.iter().flatten().collect();
+        let stale = crate::dataplane::revoke::stale_learned(&desired, &before);
+        let mut after = before.clone();
+        for k in &stale {
+            match self.learned.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    after.remove(k);
+                }
+                Err(e) => warn!("cannot delete a learned entry that left its view: {e}"),
+            }
+        }
+        applied.stats.deleted += stale.len();
+        // What revocation compares the next change with: the maps' part of the
+        // desired state only (the DNS tables are the largest part, and only the
+        // new state's are needed).
+        let mut kept = desired;
+        kept.dns_tables = Default::default();
+        kept.workload_ips = Default::default();
+        kept.ifaces = Default::default();
+        let old = self.applied.replace(kept);
         let new = self.applied.as_deref().expect("just set");
-        if let (true, Some(old), Some(revoker)) = (revoke, old, &self.revoker)
-            && !(old.workloads == new.workloads
-                && old.services == new.services
-                && old.cidrs == new.cidrs
-                && old.policy_cidrs == new.policy_cidrs)
-        {
-            let (revoked, failed) = revoker.revoke(&old, new, workloads);
+        if !changed && stale.is_empty() {
+            return Ok(applied);
+        }
+        if let (true, Some(old), Some(revoker)) = (revoke, old, &self.revoker) {
+            let learned = crate::dataplane::revoke::Learned { before, after };
+            let (revoked, failed) = revoker.revoke(&old, new, &learned, workloads);
             applied.revoked = revoked;
             applied.revoke_failed = failed;
             applied.revoked_from = Some(old);

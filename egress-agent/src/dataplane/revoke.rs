@@ -18,9 +18,10 @@
 //! program does not load; the agent says so once and established connections
 //! then run until they close (new ones are refused as always).
 //!
-//! Addresses learned from DNS answers (NONE and wildcard hosts) are not judged:
-//! a learned address whose TTL ends does not revoke (a CDN answer churns while
-//! the connection is legitimate).
+//! Addresses learned from DNS answers (NONE and wildcard hosts) are judged by
+//! the learned table: when their host leaves the view, the entries go and the
+//! connections to them are revoked; a learned address whose TTL ends does not
+//! revoke (a CDN answer churns while the connection is legitimate).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -290,6 +291,54 @@ fn parse_msg(m: &[u8], proto: u8, cgroup_attr: u16) -> Option<DiagSocket> {
     })
 }
 
+/// The learned table before and after a change: entries of a host that left
+/// the workload's view are gone from `after`.
+#[derive(Debug, Default)]
+pub struct Learned {
+    pub before: HashMap<egress_common::LearnedKey, egress_common::LearnedValue>,
+    pub after: HashMap<egress_common::LearnedKey, egress_common::LearnedValue>,
+}
+
+/// The learned entries `desired` no longer allows: their workload is gone, or
+/// the host they were learned for is no longer in its view.
+pub fn stale_learned(
+    desired: &Desired,
+    learned: &HashMap<egress_common::LearnedKey, egress_common::LearnedValue>,
+) -> Vec<egress_common::LearnedKey> {
+    if learned.is_empty() {
+        return Vec::new();
+    }
+    let views: HashMap<u32, u32> = desired
+        .workloads
+        .values()
+        .map(|w| (w.workload_id, w.view_id))
+        .collect();
+    let visible: HashMap<u32, HashSet<u32>> = desired
+        .dns_tables
+        .views
+        .iter()
+        .map(|(id, v)| {
+            let ids = v
+                .exact
+                .values()
+                .chain(v.wildcards.iter().map(|(_, h)| h))
+                .map(|h| h.service_id)
+                .collect();
+            (*id, ids)
+        })
+        .collect();
+    learned
+        .iter()
+        .filter(|(k, v)| {
+            !views
+                .get(&k.workload_id)
+                .and_then(|view| visible.get(view))
+                .is_some_and(|ids| ids.contains(&v.service_id))
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// Finds and destroys what a change of desired state revokes.
 pub struct Revoker {
     destroyer: Destroyer,
@@ -318,6 +367,7 @@ impl Revoker {
         &self,
         old: &Desired,
         new: &Desired,
+        learned: &Learned,
         workloads: &[Workload],
     ) -> (Vec<Revoked>, Vec<(PathBuf, String)>) {
         // Every cgroup of a workload, its own and those below it, → its key.
@@ -348,8 +398,10 @@ impl Revoker {
                         scope.spawn(move || -> io::Result<Vec<Revoked>> {
                             enter_netns(path)?;
                             let sockets = dump_sockets()?;
-                            let mut old_sim = Sim::new(old, 0, catalog);
-                            let mut new_sim = Sim::new(new, 0, catalog);
+                            let mut old_sim =
+                                Sim::new(old, 0, catalog).with_learned(&learned.before);
+                            let mut new_sim =
+                                Sim::new(new, 0, catalog).with_learned(&learned.after);
                             let mut doomed = Vec::new();
                             let mut found = Vec::new();
                             for s in sockets {

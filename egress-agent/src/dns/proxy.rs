@@ -247,7 +247,7 @@ impl<L: LearnSink> Proxy<L> {
             .dns
             .upstream_seconds
             .observe(started.elapsed().as_secs_f64());
-        let mut reply = match reply {
+        let (mut reply, parsed) = match reply {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "upstream DNS failed");
@@ -260,9 +260,7 @@ impl<L: LearnSink> Proxy<L> {
             }
         };
         reply[..2].copy_from_slice(&msg.metadata.id.to_be_bytes());
-        if let Ok(parsed) = Message::from_vec(&reply)
-            && let Some((host, ips, ttl)) = learn_from(&parsed, view)
-        {
+        if let Some((host, ips, ttl)) = learn_from(&parsed, view) {
             let entries = learned_entries(
                 client,
                 host,
@@ -303,7 +301,7 @@ impl<L: LearnSink> Proxy<L> {
         query: &[u8],
         id: u16,
         asked: &Message,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(Vec<u8>, Message), String> {
         let mut last = String::from("no upstream configured");
         for up in &settings.upstream {
             let bind = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
@@ -316,9 +314,9 @@ impl<L: LearnSink> Proxy<L> {
                 loop {
                     let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
                     // Anything that is not the answer to this query is ignored.
-                    if answers(&buf[..n], id, asked) {
+                    if let Some(parsed) = answer_to(&buf[..n], id, asked) {
                         buf.truncate(n);
-                        return Ok::<_, String>(buf);
+                        return Ok::<_, String>((buf, parsed));
                     }
                     self.metrics
                         .dns
@@ -342,7 +340,7 @@ impl<L: LearnSink> Proxy<L> {
         query: &[u8],
         id: u16,
         asked: &Message,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(Vec<u8>, Message), String> {
         let mut last = String::from("no upstream configured");
         for up in &settings.upstream {
             let attempt = async {
@@ -354,15 +352,15 @@ impl<L: LearnSink> Proxy<L> {
                 let n = s.read_u16().await.map_err(|e| e.to_string())?;
                 let mut buf = vec![0u8; usize::from(n)];
                 s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-                if !answers(&buf, id, asked) {
+                let Some(parsed) = answer_to(&buf, id, asked) else {
                     self.metrics
                         .dns
                         .queries
                         .with_label_values(&["reply_mismatch"])
                         .inc();
                     return Err("the reply does not answer the query".to_owned());
-                }
-                Ok::<_, String>(buf)
+                };
+                Ok::<_, String>((buf, parsed))
             };
             match tokio::time::timeout(settings.upstream_timeout, attempt).await {
                 Ok(Ok(r)) => return Ok(r),
@@ -377,19 +375,23 @@ impl<L: LearnSink> Proxy<L> {
 /// Is `reply` the answer to the query `asked` sent upstream with `id`: a
 /// response with that id and the same question (name, type, class)?
 pub fn answers(reply: &[u8], id: u16, asked: &Message) -> bool {
+    answer_to(reply, id, asked).is_some()
+}
+
+/// [`answers`], with the reply parsed (once) when it does.
+pub fn answer_to(reply: &[u8], id: u16, asked: &Message) -> Option<Message> {
     if reply.len() < 12 || u16::from_be_bytes([reply[0], reply[1]]) != id {
-        return false;
+        return None;
     }
-    let Ok(r) = Message::from_vec(reply) else {
-        return false;
-    };
-    r.metadata.message_type == MessageType::Response
+    let r = Message::from_vec(reply).ok()?;
+    let ok = r.metadata.message_type == MessageType::Response
         && r.queries.len() == asked.queries.len()
         && r.queries.iter().zip(&asked.queries).all(|(a, b)| {
             a.name() == b.name()
                 && a.query_type() == b.query_type()
                 && a.query_class() == b.query_class()
-        })
+        });
+    ok.then_some(r)
 }
 
 /// An empty answer with `code` to `query`, serialised.
