@@ -897,6 +897,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reload_applies_what_is_live_and_keeps_what_needs_a_start() {
+        let path = Path::new("/etc/egress/agent.yaml");
+        let old = Config::parse(
+            path,
+            "cgroupPath: /x\noutboundTrafficPolicy: {mode: ALLOW_ANY}\nfailOpen: false\n\
+             dns: {listen: [\"198.18.0.1:53\"], upstream: [\"198.18.0.14:53\"]}\n",
+        )
+        .unwrap();
+        let new = Config::parse(
+            path,
+            "cgroupPath: /y\noutboundTrafficPolicy: {mode: REGISTRY_ONLY}\nfailOpen: true\n\
+             audit: true\npinDir: /sys/fs/bpf/other\n\
+             dns: {listen: [\"198.18.0.9:53\"], upstream: [\"198.18.0.15:53\"], vipTtl: 7s}\n",
+        )
+        .unwrap();
+        let (merged, pending) = old.reloaded(new);
+        // Live: the policy, audit, the DNS proxy's settings but where it listens.
+        assert_eq!(merged.outbound, OutboundMode::RegistryOnly);
+        assert!(merged.audit);
+        let dns = merged.dns.as_ref().unwrap();
+        assert_eq!(dns.proxy.vip_ttl, 7);
+        assert_eq!(dns.proxy.upstream, ["198.18.0.15:53".parse().unwrap()]);
+        // Start-only: kept, and named.
+        assert_eq!(merged.cgroup_path, Path::new("/x"));
+        assert!(!merged.fail_open);
+        assert_eq!(merged.pin_dir, Path::new("/sys/fs/bpf/egress"));
+        assert_eq!(dns.proxy.listen, ["198.18.0.1:53".parse().unwrap()]);
+        let mut pending = pending;
+        pending.sort();
+        assert_eq!(pending, ["cgroupPath", "dns.listen", "failOpen", "pinDir"]);
+    }
+
+    #[test]
+    fn state_pin_and_run_dirs_resolve_against_the_file() {
+        let c = Config::parse(
+            Path::new("/etc/egress/agent.yaml"),
+            "cgroupPath: /x\nstateDir: s\npinDir: /sys/fs/bpf/p\nrunDir: r\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/egress/s"));
+        assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/p"));
+        assert_eq!(c.run_dir, Path::new("/etc/egress/r"));
+    }
+
+    #[test]
     fn parses_full_config_and_resolves_paths() {
         let text = r#"
 outboundTrafficPolicy: {mode: REGISTRY_ONLY}

@@ -511,3 +511,67 @@ fn procs(dir: &Path) -> HashSet<u32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::table::{HostDns, ViewDns};
+    use egress_common::{LearnedKey, LearnedValue, WorkloadValue};
+
+    fn key(workload_id: u32, last: u8) -> LearnedKey {
+        LearnedKey {
+            addr: to_addr(IpAddr::from([203, 0, 113, last])),
+            workload_id,
+            port: 443,
+            proto: PROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn learned_entries_of_hosts_out_of_view_are_stale() {
+        let mut d = Desired::default();
+        // Workload 1 sees view 10 with the wildcard host of service 7; workload 2
+        // sees view 20 without it; workload 3 is gone.
+        for (cg, wl, view) in [(100, 1, 10), (200, 2, 20)] {
+            d.workloads.insert(
+                cg,
+                WorkloadValue {
+                    workload_id: wl,
+                    view_id: view,
+                    flags: 0,
+                    _pad: 0,
+                },
+            );
+        }
+        let mut v = ViewDns::default();
+        v.wildcards.push((
+            ".googleapis.com".into(),
+            HostDns {
+                host: "*.googleapis.com".into(),
+                service_id: 7,
+                ..HostDns::default()
+            },
+        ));
+        d.dns_tables.views.insert(10, v);
+        d.dns_tables.views.insert(20, ViewDns::default());
+        let value = |service_id| LearnedValue {
+            service_id,
+            _pad: 0,
+            expires_ns: 1,
+        };
+        let learned: HashMap<LearnedKey, LearnedValue> = [
+            (key(1, 1), value(7)),
+            (key(1, 2), value(8)),
+            (key(2, 3), value(7)),
+            (key(3, 4), value(7)),
+        ]
+        .into_iter()
+        .collect();
+        let mut stale = stale_learned(&d, &learned);
+        stale.sort_by_key(|k| k.addr);
+        // Kept: workload 1's entry for service 7 (expired or not: a TTL is no
+        // reason here).
+        assert_eq!(stale, [key(1, 2), key(2, 3), key(3, 4)]);
+    }
+}
