@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, OnExit};
-use crate::dataplane::catalog::Catalog;
 use crate::dataplane::compile::{Ids, compile, dns_names};
 use crate::dataplane::loader::{self, LoadOptions};
 use crate::dataplane::sync::Syncer;
@@ -26,6 +25,7 @@ use crate::dns::resolver::{HickoryResolve, Resolved, Tracker};
 use crate::istio::Level;
 use crate::registry::alloc::{self, Remembered};
 use crate::registry::store::{FileCache, LoadReport, Store};
+use crate::telemetry::catalog::Catalog;
 use crate::telemetry::metrics::{self, Metrics, StatsPoller};
 
 use crate::registry::pipeline::{Registry, reload};
@@ -175,7 +175,7 @@ impl State {
                 }
             }
         }
-        let catalog = Catalog::from_ids(&self.ids);
+        let catalog = self.ids.catalog();
         if let Err(e) = catalog.write(&self.config.catalog_file()) {
             warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
         }

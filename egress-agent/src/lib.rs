@@ -16,8 +16,12 @@
 //!   learns, collects expired entries and revokes connections.
 //! - [`dns`]: the DNS proxy the workloads' queries are captured to, and the
 //!   resolver of DNS endpoints.
-//! - [`telemetry`]: metrics (each subsystem registers its own families) and the
-//!   access log.
+//! - [`telemetry`]: metrics (each subsystem registers its own families), the
+//!   access log, and the catalog of names behind the ids the kernel reports.
+//!
+//! Imports go one way: `config` ← `istio` ← `registry` ← `dns` ← `dataplane`
+//! (which also uses `telemetry`, itself on `config` and `istio` only); the
+//! daemon and `cli` on top.
 //! - [`agent`] is the daemon (`egress-agent run`); [`cli`] holds the other
 //!   commands (`validate`, `explain`, `inspect`).
 

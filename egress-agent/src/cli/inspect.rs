@@ -11,7 +11,7 @@ use egress_common::addr::{Addr, from_addr, is_v4_mapped};
 use egress_common::*;
 use serde::Serialize;
 
-use crate::dataplane::catalog::Catalog;
+use crate::telemetry::catalog::Catalog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {

@@ -13,9 +13,10 @@ use crate::config::{Config, OutboundMode, UnknownWorkloads};
 use crate::dataplane::workloads::Workload;
 use crate::dns::resolver::Resolved;
 use crate::dns::table::{DnsClient, DnsTables, HostDns, ViewDns};
-use crate::registry::model::{Location, Resolution};
+use crate::istio::model::Resolution;
 use crate::registry::scope::{SidecarScope, select_sidecar, view};
 use crate::registry::{EndpointAddress, Service};
+pub use crate::telemetry::catalog::{ServiceMeta, WorkloadMeta};
 
 /// The slots of a backend set: IPv4 backends first (`v4` of them), weights already
 /// expanded into repeated slots. Compared by content so equal sets share one id.
@@ -199,26 +200,6 @@ fn endpoint_ips(
     }
 }
 
-/// Who a service id is, for metrics, events and inspection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ServiceMeta {
-    pub namespace: String,
-    pub host: String,
-    pub se_name: String,
-    pub location: Location,
-    pub resolution: Resolution,
-}
-
-/// Who a workload id is.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkloadMeta {
-    pub namespace: String,
-    pub name: String,
-    pub cgroup_id: u64,
-    /// The outbound policy it runs under.
-    pub policy: OutboundMode,
-}
-
 /// Stable small integers for services, views and workloads. Kept across compiles so
 /// an unchanged entry keeps its id (and its map entries stay untouched).
 #[derive(Debug, Default)]
@@ -324,6 +305,15 @@ impl Ids {
 
     fn view(&mut self, key: &str) -> u32 {
         next_id(&mut self.views, key.to_owned())
+    }
+
+    /// The names behind the ids, for the telemetry and `inspect`.
+    pub fn catalog(&self) -> crate::telemetry::catalog::Catalog {
+        crate::telemetry::catalog::Catalog {
+            services: self.service_meta.clone(),
+            workloads: self.workload_meta.clone(),
+            views: self.view_names(),
+        }
     }
 
     /// View id → its key (`namespace` or `namespace|sidecar`).

@@ -3,12 +3,12 @@
 //! diff, revoke connections whose destination left a view.
 
 pub mod bpfsys;
-pub mod catalog;
 pub mod compile;
 pub mod loader;
 pub mod netlink;
 pub mod owner;
 pub mod preflight;
 pub mod revoke;
+pub mod sim;
 pub mod sync;
 pub mod workloads;

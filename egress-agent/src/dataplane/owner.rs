@@ -23,12 +23,12 @@ use egress_common::{LearnedKey, LearnedValue};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::dataplane::catalog::Catalog;
 use crate::dataplane::compile::Desired;
 use crate::dataplane::loader::{LearnedMap, LoadError, Loaded, PolicyMaps};
 use crate::dataplane::revoke::{Revoked, Revoker};
 use crate::dataplane::sync::{SyncError, SyncStats, Syncer};
 use crate::dataplane::workloads::Workload;
+use crate::telemetry::catalog::Catalog;
 use crate::telemetry::metrics::{Metrics, StatsPoller};
 
 /// What one [`Owner::apply`] did.

@@ -33,10 +33,10 @@ use egress_common::addr::{from_addr, to_addr};
 use egress_common::decide::{Connect, Outcome};
 use egress_common::{Action, OrigDest, PROTO_TCP, PROTO_UDP};
 
-use crate::cli::explain::Sim;
-use crate::dataplane::catalog::Catalog;
 use crate::dataplane::compile::Desired;
+use crate::dataplane::sim::Sim;
 use crate::dataplane::workloads::Workload;
+use crate::telemetry::catalog::Catalog;
 
 /// One destroyed socket.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! every problem reported against its file, resource and field.
 
 pub mod hosts;
+pub mod model;
 pub mod traffic;
 pub mod validate;
 pub mod validate_traffic;

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::istio::model::{Location, Protocol, Resolution};
 use crate::istio::{Finding, Level, Resource, ServiceEntry};
-use crate::registry::model::{Location, Protocol, Resolution};
 
 /// Settings that change what is valid (SPEC §3.1 "Context").
 #[derive(Clone, Copy, Debug)]

@@ -822,7 +822,7 @@ pub fn sidecar(res: &Resource<SidecarSpec>) -> Vec<Finding> {
                     );
                 }
                 if let Some(proto) = &p.protocol
-                    && crate::registry::model::Protocol::parse(proto).is_none()
+                    && crate::istio::model::Protocol::parse(proto).is_none()
                 {
                     f.error(
                         "",

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use crate::config::Ranges;
+use crate::istio::model::Resolution;
 use crate::registry::Service;
-use crate::registry::model::Resolution;
 
 /// FNV-1a, 32 bits.
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
@@ -143,7 +143,7 @@ pub fn save_remembered(path: &Path, r: &Remembered) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::model::Location;
+    use crate::istio::model::Location;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn svc(ns: &str, host: &str, creation: i64) -> Arc<Service> {

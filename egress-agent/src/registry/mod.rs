@@ -3,7 +3,7 @@
 //! same-host entries within a namespace, in Istio's Service order.
 
 pub mod alloc;
-pub mod model;
+
 pub mod pipeline;
 pub mod scope;
 pub mod store;
@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use crate::istio::model::{Location, Protocol, Resolution};
 use crate::istio::{Resource, ServiceEntry};
-use crate::registry::model::{Location, Protocol, Resolution};
 
 /// A service port.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use egress_common::decide::transport_label;
 use egress_common::{Action, Event, Layer, MatchKind, Reason};
 use tokio::io::unix::AsyncFd;
 
-use crate::dataplane::catalog::Catalog;
+use crate::telemetry::catalog::Catalog;
 
 /// An event with its ids resolved to names.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -167,7 +167,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::compile::WorkloadMeta;
+    use crate::telemetry::catalog::WorkloadMeta;
     use egress_common::addr::to_addr;
 
     #[test]

@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::dataplane::catalog::Catalog;
+use crate::telemetry::catalog::Catalog;
 
 /// Labels of `egress_connections_total` (SPEC §7.8).
 pub const CONNECTION_LABELS: &[&str] = &[
@@ -759,8 +759,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 mod tests {
     use super::*;
     use crate::config::OutboundMode;
-    use crate::dataplane::compile::{ServiceMeta, WorkloadMeta};
-    use crate::registry::model::{Location, Resolution};
+    use crate::istio::model::{Location, Resolution};
+    use crate::telemetry::catalog::{ServiceMeta, WorkloadMeta};
 
     fn catalog() -> Catalog {
         let mut c = Catalog::default();

@@ -6,7 +6,28 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::compile::{Ids, ServiceMeta, WorkloadMeta};
+use crate::config::OutboundMode;
+use crate::istio::model::{Location, Resolution};
+
+/// Who a service id is, for metrics, events and inspection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceMeta {
+    pub namespace: String,
+    pub host: String,
+    pub se_name: String,
+    pub location: Location,
+    pub resolution: Resolution,
+}
+
+/// Who a workload id is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadMeta {
+    pub namespace: String,
+    pub name: String,
+    pub cgroup_id: u64,
+    /// The outbound policy it runs under.
+    pub policy: OutboundMode,
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Catalog {
@@ -17,14 +38,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn from_ids(ids: &Ids) -> Self {
-        Self {
-            services: ids.service_meta.clone(),
-            workloads: ids.workload_meta.clone(),
-            views: ids.view_names(),
-        }
-    }
-
     pub fn service(&self, id: u32) -> Option<&ServiceMeta> {
         self.services.get(&id)
     }
