@@ -41,8 +41,14 @@ fn collect(path: &Path, docs: &mut Documents) -> std::io::Result<()> {
         docs.sidecars.extend(d.sidecars);
         docs.findings.extend(d.findings);
     } else {
-        let text = std::fs::read_to_string(path)?;
-        istio::parse_file(path, &text, docs);
+        if !path.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            ));
+        }
+        // The agent's own reading: same size limits, same findings.
+        istio::read_file(path, docs);
     }
     Ok(())
 }

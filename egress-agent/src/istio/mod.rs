@@ -65,6 +65,9 @@ struct RawMeta {
 /// Kubernetes' limit on one object (etcd's request limit): a larger document is
 /// rejected before it is parsed.
 pub const MAX_DOCUMENT_BYTES: usize = 1536 * 1024;
+/// The largest file read: many objects fit (the 100 000-entry bench registry is
+/// 25 MiB); a larger file is rejected unread, its last good resources kept.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Kubernetes' limit on an object's annotations, keys and values together.
 pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
@@ -304,6 +307,25 @@ pub fn read_file_each(
     docs: &mut Documents,
     after_each: &mut dyn FnMut(&mut Documents),
 ) {
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_FILE_BYTES {
+        let source = Source {
+            file: file.to_owned(),
+            doc: 0,
+        };
+        docs.findings.push(doc_error(
+            &source,
+            None,
+            "",
+            format!(
+                "file of {} MiB: over the {} MiB limit; not read (split it)",
+                size >> 20,
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+        docs.broken_files.push(file.to_owned());
+        return;
+    }
     match std::fs::read_to_string(file) {
         Ok(text) => parse_file_each(file, &text, docs, after_each),
         Err(e) => {
