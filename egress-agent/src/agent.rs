@@ -648,6 +648,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         event_burst_ns: interval_ns * u64::from(config.access_log.burst),
         pin_path: config.pin_path(),
         object,
+        dns_queries_per_second: config
+            .dns
+            .as_ref()
+            .map_or(0, |d| d.proxy.queries_per_second),
     })?;
     // What an earlier agent left enforcing: the sync below is a diff against it.
     let kernel = maps.read()?;

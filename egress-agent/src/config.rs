@@ -237,6 +237,13 @@ struct RawDns {
     /// TCP connections at once, per source address and in total.
     tcp_per_source: Option<usize>,
     tcp_total: Option<usize>,
+    /// UDP queries forwarded upstream at once, per source address and in total
+    /// (answers that need no upstream are never limited).
+    udp_per_source: Option<usize>,
+    udp_total: Option<usize>,
+    /// DNS queries one workload may send per second (per CPU, dropped in the
+    /// kernel beyond it); 0: no limit. Default 10 000. Taken at start.
+    queries_per_second: Option<u32>,
 }
 
 /// `resolver:` — the agent's own resolution of DNS endpoints.
@@ -446,12 +453,18 @@ impl Config {
         keep!(fail_open, "failOpen");
         keep!(access_log, "accessLog");
         keep!(resolver, "resolver");
-        // DNS: everything is live but where the proxy listens (and whether it
-        // runs at all).
+        // DNS: everything is live but where the proxy listens, the kernel's
+        // query rate (and whether it runs at all).
         match (&self.dns, &mut merged.dns) {
-            (Some(old), Some(new)) if old.proxy.listen != new.proxy.listen => {
-                pending.push("dns.listen");
-                new.proxy.listen = old.proxy.listen.clone();
+            (Some(old), Some(new)) => {
+                if old.proxy.listen != new.proxy.listen {
+                    pending.push("dns.listen");
+                    new.proxy.listen = old.proxy.listen.clone();
+                }
+                if old.proxy.queries_per_second != new.proxy.queries_per_second {
+                    pending.push("dns.queriesPerSecond");
+                    new.proxy.queries_per_second = old.proxy.queries_per_second;
+                }
             }
             (Some(_), None) | (None, Some(_)) => {
                 pending.push("dns");
@@ -661,6 +674,9 @@ impl Config {
                         )?,
                         tcp_per_source: d.tcp_per_source.unwrap_or(16).max(1),
                         tcp_total: d.tcp_total.unwrap_or(1024).max(1),
+                        udp_per_source: d.udp_per_source.unwrap_or(64).max(1),
+                        udp_total: d.udp_total.unwrap_or(1024).max(1),
+                        queries_per_second: d.queries_per_second.unwrap_or(10_000),
                     },
                 })
             }
@@ -808,6 +824,11 @@ pub struct DnsProxySettings {
     /// TCP connections at once per source address, and in total.
     pub tcp_per_source: usize,
     pub tcp_total: usize,
+    /// UDP queries forwarded upstream at once, per source address and in total.
+    pub udp_per_source: usize,
+    pub udp_total: usize,
+    /// DNS queries per second and workload (per CPU); 0: no limit.
+    pub queries_per_second: u32,
 }
 
 /// The resolver's refresh settings.

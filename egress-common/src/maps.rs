@@ -56,6 +56,8 @@ pub const INBOUND_MAP: &str = "EGRESS_INBOUND";
 /// LRU [`FragKey`] → u8: first fragments the interface check let through (the
 /// later fragments of the same datagram follow them).
 pub const FRAGS_MAP: &str = "EGRESS_FRAGS";
+/// Per-CPU workload id → [`RateBucket`]: the DNS query rate limit.
+pub const DNS_RATE_MAP: &str = "EGRESS_DNSRATE";
 /// Socket storage of [`SockTag`]: the workload a socket was created in, and the
 /// destination its packets were last found allowed for. Owned by the programs;
 /// the agent never reads it.
@@ -356,10 +358,13 @@ pub enum Counter {
     /// `upgrade-probe` feature: the variant the lifecycle tests upgrade to, to see
     /// that the new program runs. Always 0 in a normal build.
     UpgradeProbe = 22,
+    /// DNS queries of a workload over its rate (`dns.queriesPerSecond`),
+    /// dropped before they reach the proxy.
+    DnsRateLimited = 23,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::ErrConnect4,
         Self::ErrConnect6,
@@ -384,6 +389,7 @@ impl Counter {
         Self::SockTagFull,
         Self::MldDropped,
         Self::UpgradeProbe,
+        Self::DnsRateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -411,6 +417,7 @@ impl Counter {
             Self::SockTagFull => "sock_tag_full",
             Self::MldDropped => "mld_dropped",
             Self::UpgradeProbe => "upgrade_probe",
+            Self::DnsRateLimited => "dns_rate_limited",
         }
     }
 }

@@ -83,6 +83,9 @@ static EGRESS_WLIPS: HashMap<Addr, WorkloadValue> =
 static EGRESS_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficValue> =
     PerCpuHashMap::with_max_entries(TRAFFIC_MAX, BPF_F_NO_PREALLOC);
 #[map]
+static EGRESS_DNSRATE: PerCpuHashMap<u32, RateBucket> =
+    PerCpuHashMap::with_max_entries(WORKLOADS_MAX, 0);
+#[map]
 static EGRESS_RATE: PerCpuHashMap<u32, RateBucket> =
     PerCpuHashMap::with_max_entries(WORKLOADS_MAX, BPF_F_NO_PREALLOC);
 #[map]
@@ -104,6 +107,13 @@ static EGRESS_SOCKTAGS: SkStorage<SockTag> = SkStorage::new();
 static EVENT_INTERVAL_NS: u64 = 100_000_000;
 #[unsafe(no_mangle)]
 static EVENT_BURST_NS: u64 = 2_000_000_000;
+
+/// Load-time globals: the DNS query rate limit per workload (per CPU), as the
+/// cost of one query in nanoseconds and the burst credit; 0: no limit.
+#[unsafe(no_mangle)]
+static DNS_INTERVAL_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static DNS_BURST_NS: u64 = 0;
 
 /// Load-time global: 1 lets a `connect()` through when the program fails internally,
 /// 0 (the default) refuses it. Set by the agent with `EbpfLoader::set_global`.
@@ -257,7 +267,32 @@ fn rate_ok(workload_id: u32, now_ns: u64) -> bool {
             core::ptr::read_volatile(&EVENT_BURST_NS),
         )
     };
-    if let Some(b) = EGRESS_RATE.get_ptr_mut(workload_id) {
+    bucket_ok(&EGRESS_RATE, workload_id, now_ns, interval, burst)
+}
+
+/// May this workload send one more DNS query to the proxy now? (Per-CPU
+/// token bucket; always with no limit set.)
+#[inline(always)]
+fn dns_rate_ok(workload_id: u32, now_ns: u64) -> bool {
+    // SAFETY: load-time constants; read volatile so the loader's values are used.
+    let (interval, burst) = unsafe {
+        (
+            core::ptr::read_volatile(&DNS_INTERVAL_NS),
+            core::ptr::read_volatile(&DNS_BURST_NS),
+        )
+    };
+    interval == 0 || bucket_ok(&EGRESS_DNSRATE, workload_id, now_ns, interval, burst)
+}
+
+#[inline(always)]
+fn bucket_ok(
+    map: &PerCpuHashMap<u32, RateBucket>,
+    workload_id: u32,
+    now_ns: u64,
+    interval: u64,
+    burst: u64,
+) -> bool {
+    if let Some(b) = map.get_ptr_mut(workload_id) {
         // SAFETY: per-CPU value, only this CPU touches it while we run.
         return decide::rate_allow(unsafe { &mut *b }, now_ns, interval, burst);
     }
@@ -267,7 +302,7 @@ fn rate_ok(workload_id: u32, now_ns: u64) -> bool {
         dropped: 0,
     };
     let ok = decide::rate_allow(&mut b, now_ns, interval, burst);
-    let _ = EGRESS_RATE.insert(workload_id, b, 0);
+    let _ = map.insert(workload_id, b, 0);
     ok
 }
 

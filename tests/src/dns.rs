@@ -36,6 +36,8 @@ pub struct DnsServer {
     zone: Arc<Mutex<Zone>>,
     /// Queried name → (forged owner name, forged address).
     spoof: Arc<Mutex<HashMap<String, (String, IpAddr)>>>,
+    /// Names starting with one of these are never answered (a slow upstream).
+    silent: Arc<Mutex<Vec<String>>>,
     queries: Arc<Mutex<Vec<(String, RecordType, bool)>>>,
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -47,6 +49,7 @@ impl DnsServer {
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
         let zone = Arc::new(Mutex::new(Zone::new()));
         let spoof: Arc<Mutex<HashMap<String, (String, IpAddr)>>> = Arc::default();
+        let silent: Arc<Mutex<Vec<String>>> = Arc::default();
         let queries = Arc::new(Mutex::new(Vec::new()));
         let up = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
@@ -54,6 +57,7 @@ impl DnsServer {
         let (tx, rx) = std::sync::mpsc::channel();
         for tcp in [false, true] {
             let spoof = spoof.clone();
+            let silent = silent.clone();
             let (zone, queries, up, stop, tx) = (
                 zone.clone(),
                 queries.clone(),
@@ -101,7 +105,7 @@ impl DnsServer {
                         let Ok((n, src)) = sock.recv_from(&mut buf) else {
                             continue;
                         };
-                        if !up.load(Ordering::Relaxed) {
+                        if !up.load(Ordering::Relaxed) || is_silent(&buf[..n], &silent) {
                             continue;
                         }
                         for f in forged(&buf[..n], &spoof) {
@@ -120,6 +124,7 @@ impl DnsServer {
             addr,
             zone,
             spoof,
+            silent,
             queries,
             up,
             stop,
@@ -150,6 +155,11 @@ impl DnsServer {
             .insert(key(name), (key(forged_name), ip.parse().unwrap()));
     }
 
+    /// Never answers (over UDP) names that start with `prefix`.
+    pub fn set_silent(&self, prefix: &str) {
+        self.silent.lock().unwrap().push(prefix.to_owned());
+    }
+
     /// Stops (false) or resumes (true) answering: queries then time out.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
@@ -173,6 +183,21 @@ impl Drop for DnsServer {
             let _ = t.join();
         }
     }
+}
+
+fn is_silent(q: &[u8], silent: &Mutex<Vec<String>>) -> bool {
+    let Ok(msg) = Message::from_vec(q) else {
+        return false;
+    };
+    let Some(query) = msg.queries.first() else {
+        return false;
+    };
+    let name = key(&query.name().to_ascii());
+    silent
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| name.starts_with(p.as_str()))
 }
 
 /// The forged replies for query `q`, if its name is set to be spoofed.

@@ -318,3 +318,91 @@ fn out_of_descriptors_the_proxy_backs_off_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Sends UDP queries for `slowN.example` (which upstream never answers) as fast
+/// as it can for `secs` seconds (at most 300 000), from two sockets.
+const UDP_FLOOD: &str = r#"
+import socket, struct, sys, time
+secs = float(sys.argv[1])
+def q(i):
+    name = b''.join(bytes([len(p)]) + p for p in (b'slow%d' % i, b'example')) + b'\0'
+    return struct.pack('>HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1)
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+for s in socks:
+    s.setblocking(False)
+end, n = time.time() + secs, 0
+while time.time() < end and n < 300000:
+    try:
+        socks[n % 2].sendto(q(n), ('198.18.0.1', 53))
+    except (BlockingIOError, PermissionError):
+        # PermissionError: over the pod's DNS rate, dropped in the kernel.
+        pass
+    n += 1
+print(n, flush=True)
+"#;
+
+#[test]
+fn a_udp_flood_of_one_pod_leaves_another_pods_lookups_answered() {
+    let (w, upstream, extra) = dns_world(2, "");
+    upstream.set_silent("slow");
+    upstream.set_ips("ok1.example", &["198.18.0.11"], 60);
+    w.write_se("legacy.yaml", LEGACY);
+    let agent = w.start_agent("REGISTRY_ONLY", &extra);
+    let pid = agent.child.as_ref().unwrap().id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let baseline = fds();
+    let flood = w
+        .pod()
+        .command("python3")
+        .args(["-c", UDP_FLOOD, "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // During the flood, pod 1 is answered: locally (a VIP) and upstream.
+    for _ in 0..5 {
+        for (name, want) in [
+            ("legacy.internal", "240.240.1.1"),
+            ("ok1.example", "198.18.0.11"),
+        ] {
+            let started = Instant::now();
+            assert_eq!(
+                dig_short(&w.pod_n(1), &[name]),
+                [want],
+                "{name} during the flood"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{name}: {:?}",
+                started.elapsed()
+            );
+        }
+        // Upstream sockets in flight stay bounded by the caps.
+        assert!(
+            fds() <= baseline + 64 + 16,
+            "{} descriptors (baseline {baseline})",
+            fds()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent: u64 = String::from_utf8_lossy(&flood.wait_with_output().unwrap().stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(sent > 10_000, "the flood sent {sent}");
+    // The flood was held back in the kernel (its rate) and at the proxy (its
+    // share of upstream slots).
+    let metrics = agent.metrics_text();
+    assert!(
+        metric_sum(
+            &metrics,
+            "egress_kernel_events_total",
+            &[("counter", "dns_rate_limited")]
+        ) > 0.0
+    );
+    assert!(queries(&agent, "udp_over_limit") > 0.0);
+}

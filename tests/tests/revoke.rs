@@ -341,3 +341,55 @@ spec:
         1.0
     );
 }
+
+/// Connects to the VIP, then leaves the pod's network namespace for a new one
+/// of its own (`unshare(CLONE_NEWNET)`), holding the socket; reports how it
+/// ended.
+const LEAVE_NETNS: &str = r#"
+import ctypes, json, socket, time
+s = socket.create_connection(('240.240.1.1', 80), timeout=5)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
+print('ready', flush=True)
+s.settimeout(2)
+try:
+    s.recv(10)
+    print(json.dumps({'errno': 0}), flush=True)
+except socket.timeout:
+    print(json.dumps({'up': True}), flush=True)
+except OSError as e:
+    print(json.dumps({'errno': e.errno}), flush=True)
+"#;
+
+#[test]
+fn a_holder_that_left_the_pods_network_namespace_is_still_revoked() {
+    let w = world();
+    let _ext1 = w.ext_server(1, 8080, "ext1");
+    let _ext2 = w.ext_server(2, 8080, "ext2");
+    let agent = w.start_agent("REGISTRY_ONLY", "");
+    let mut child = w
+        .pod()
+        .command("python3")
+        .args(["-c", LEAVE_NETNS])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::fs::remove_file(w.se_dir().join("legacy.yaml")).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    child.wait().unwrap();
+    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(r["errno"], libc::ECONNABORTED, "{r}");
+    assert_eq!(
+        metric_sum(
+            &agent.metrics_text(),
+            "egress_revoked_connections_total",
+            &[]
+        ),
+        1.0
+    );
+}

@@ -649,7 +649,7 @@ fn dns_bench(bins: &Bins, plan: &Plan) -> Result<BTreeMap<String, Value>> {
         ),
     )?;
     let extra = format!(
-        "dns:\n  listen: [\"198.18.0.1:53\"]\n  upstream: [\"{DNS_HOST}:53\"]\nresolver:\n  upstream: [\"{DNS_HOST}:53\"]\n"
+        "dns:\n  listen: [\"198.18.0.1:53\"]\n  upstream: [\"{DNS_HOST}:53\"]\n  queriesPerSecond: 0\nresolver:\n  upstream: [\"{DNS_HOST}:53\"]\n"
     );
     // No interface line here: "direct" queries the upstream from the pod's
     // namespace, outside the workload's cgroup, which that line would hold to

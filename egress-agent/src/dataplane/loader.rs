@@ -158,6 +158,8 @@ pub struct LoadOptions {
     pub pin_path: PathBuf,
     /// Load this object instead of the built-in one (development, upgrade tests).
     pub object: Option<Vec<u8>>,
+    /// DNS queries a workload may send the proxy per second (per CPU); 0: no limit.
+    pub dns_queries_per_second: u32,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -294,11 +296,18 @@ pub fn load(opts: LoadOptions) -> Result<(Loaded, PolicyMaps, TelemetryMaps), Lo
         .iter()
         .map(|(n, _)| (n.clone(), dir.join(n)))
         .collect();
+    // One second of credit: a workload may burst to its rate at once.
+    let (dns_interval, dns_burst) = match u64::from(opts.dns_queries_per_second) {
+        0 => (0u64, 0u64),
+        rate => (1_000_000_000 / rate, 1_000_000_000),
+    };
     let mut loader = EbpfLoader::new();
     loader
         .override_global("FAIL_OPEN", &fail_open, true)
         .override_global("EVENT_INTERVAL_NS", &interval, true)
-        .override_global("EVENT_BURST_NS", &burst, true);
+        .override_global("EVENT_BURST_NS", &burst, true)
+        .override_global("DNS_INTERVAL_NS", &dns_interval, true)
+        .override_global("DNS_BURST_NS", &dns_burst, true);
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }

@@ -3,8 +3,10 @@
 //! the workload's namespace changed), the workload's established TCP connections
 //! and connected UDP sockets to it are destroyed, not left running.
 //!
-//! For each network namespace the workloads' processes live in, a thread enters
-//! it, lists the TCP and UDP sockets with `sock_diag` (cookie, peer, cgroup), and
+//! For each network namespace of the node (of any process, or bind-mounted under
+//! /run/netns: a socket stays in the namespace it was made in, whoever holds it
+//! now), a thread enters it, lists the TCP and UDP sockets with `sock_diag`
+//! (cookie, peer, cgroup), keeps those of the workloads' cgroups, and
 //! judges each one as the kernel would before and after the change: a socket the
 //! old state allowed and the new one refuses is doomed. A rewritten socket is
 //! judged by what the application asked for (the VIP, from the socket's
@@ -372,19 +374,15 @@ impl Revoker {
     ) -> (Vec<Revoked>, Vec<(PathBuf, String)>) {
         // Every cgroup of a workload, its own and those below it, → its key.
         let mut owner: HashMap<u64, u64> = HashMap::new();
-        let mut netns: BTreeMap<u64, PathBuf> = BTreeMap::new();
         for w in workloads {
-            walk_cgroup(&w.config.cgroup, &mut |dir, id| {
+            walk_cgroup(&w.config.cgroup, &mut |_, id| {
                 owner.insert(id, w.cgroup_id);
-                for pid in procs(dir) {
-                    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                    if let Ok(m) = std::fs::metadata(&path) {
-                        use std::os::unix::fs::MetadataExt;
-                        netns.entry(m.ino()).or_insert(path);
-                    }
-                }
             });
         }
+        // Every network namespace of the node: a socket stays in the one it was
+        // made in, whoever holds it now (a process that left for a namespace of
+        // its own, a process outside the pod it was passed to).
+        let netns = node_netns();
         let catalog = Catalog::default();
         let mut failed = Vec::new();
         let mut revoked = Vec::new();
@@ -487,6 +485,35 @@ fn enter_netns(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The network namespaces of the node, one path each: those of every process,
+/// and those bind-mounted under /run/netns (a namespace no process is in).
+fn node_netns() -> BTreeMap<u64, PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut add = |path: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&path) {
+            out.entry(m.ino()).or_insert(path);
+        }
+    };
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                add(e.path().join("ns/net"));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            add(e.path());
+        }
+    }
+    out
+}
+
 /// Calls `f` for `dir` and every cgroup below it, with its id.
 fn walk_cgroup(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
     let Ok(id) = crate::dataplane::workloads::cgroup_id(dir) else {
@@ -501,15 +528,6 @@ fn walk_cgroup(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
             walk_cgroup(&e.path(), f);
         }
     }
-}
-
-/// The processes of one cgroup (not those below it).
-fn procs(dir: &Path) -> HashSet<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -189,13 +189,24 @@ impl<L: LearnSink> Proxy<L> {
 
     /// Answers one query from `src`; `None` drops it.
     pub async fn handle(&self, query: &[u8], src: IpAddr, tcp: bool) -> Option<Vec<u8>> {
+        match self.local(query, src) {
+            Local::Reply(r) => r,
+            Local::Forward(msg) => self.forward(query, &msg, src, tcp).await,
+        }
+    }
+
+    /// What needs no upstream: a malformed query (dropped), a stranger
+    /// (REFUSED), a registry host (its VIPs), a name refused unregistered
+    /// (NXDOMAIN). Cheap and synchronous: served even when upstream slots are
+    /// all taken.
+    pub fn local(&self, query: &[u8], src: IpAddr) -> Local {
         let Ok(msg) = Message::from_vec(query) else {
             self.metrics
                 .dns
                 .queries
                 .with_label_values(&["malformed"])
                 .inc();
-            return None;
+            return Local::Reply(None);
         };
         let tables = self.tables.borrow().clone();
         let settings = self.settings();
@@ -206,11 +217,11 @@ impl<L: LearnSink> Proxy<L> {
                 .queries
                 .with_label_values(&["refused_source"])
                 .inc();
-            return answer(&msg, ResponseCode::Refused);
+            return Local::Reply(answer(&msg, ResponseCode::Refused));
         };
         if let Some(resp) = local_answer(&msg, view, settings.vip_ttl) {
             self.metrics.dns.queries.with_label_values(&["vip"]).inc();
-            return resp.to_vec().ok();
+            return Local::Reply(resp.to_vec().ok());
         }
         if settings.refuse_unregistered
             && client.registry_only
@@ -225,8 +236,23 @@ impl<L: LearnSink> Proxy<L> {
                 .queries
                 .with_label_values(&["nxdomain_unregistered"])
                 .inc();
-            return answer(&msg, ResponseCode::NXDomain);
+            return Local::Reply(answer(&msg, ResponseCode::NXDomain));
         }
+        Local::Forward(msg)
+    }
+
+    /// Forwards `query` (parsed: `msg`) upstream, learns from the answer.
+    async fn forward(
+        &self,
+        query: &[u8],
+        msg: &Message,
+        src: IpAddr,
+        tcp: bool,
+    ) -> Option<Vec<u8>> {
+        let msg = msg.clone();
+        let tables = self.tables.borrow().clone();
+        let settings = self.settings();
+        let (client, view) = tables.client(src)?;
         // Upstream sees a fresh random id (and a fresh random source port);
         // the reply must answer exactly this question.
         let mut upstream_query = query.to_vec();
@@ -372,6 +398,14 @@ impl<L: LearnSink> Proxy<L> {
     }
 }
 
+/// [`Proxy::local`]'s verdict.
+pub enum Local {
+    /// Answered (or dropped: `None`) without upstream.
+    Reply(Option<Vec<u8>>),
+    /// To be forwarded upstream.
+    Forward(Message),
+}
+
 /// Is `reply` the answer to the query `asked` sent upstream with `id`: a
 /// response with that id and the same question (name, type, class)?
 pub fn answers(reply: &[u8], id: u16, asked: &Message) -> bool {
@@ -441,6 +475,8 @@ pub async fn serve_udp<L: LearnSink>(
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 65535];
     let mut inflight = tokio::task::JoinSet::new();
+    // Forwarded queries in flight per source.
+    let mut pending: std::collections::HashMap<IpAddr, usize> = Default::default();
     let mut stopping = false;
     loop {
         let received = if stopping {
@@ -464,16 +500,55 @@ pub async fn serve_udp<L: LearnSink>(
         let Ok((n, src)) = received else {
             continue;
         };
-        let query = buf[..n].to_vec();
+        let query = &buf[..n];
+        let msg = match proxy.local(query, src.ip()) {
+            Local::Reply(r) => {
+                if let Some(resp) = r {
+                    let _ = sock.send_to(&resp, src).await;
+                }
+                continue;
+            }
+            Local::Forward(msg) => msg,
+        };
+        // Upstream slots: a source floods its own share, never another's.
+        let ip = src.ip();
+        let settings = proxy.settings();
+        let mine = pending.get(&ip).copied().unwrap_or(0);
+        if mine >= settings.udp_per_source || inflight.len() >= settings.udp_total {
+            proxy
+                .metrics
+                .dns
+                .queries
+                .with_label_values(&["udp_over_limit"])
+                .inc();
+            while let Some(Ok(done)) = inflight.try_join_next() {
+                release(&mut pending, done);
+            }
+            continue;
+        }
+        *pending.entry(ip).or_insert(0) += 1;
+        let query = query.to_vec();
         let (p, s) = (proxy.clone(), sock.clone());
         inflight.spawn(async move {
-            if let Some(resp) = p.handle(&query, src.ip(), false).await {
+            if let Some(resp) = p.forward(&query, &msg, ip, false).await {
                 let _ = s.send_to(&resp, src).await;
             }
+            ip
         });
-        while inflight.try_join_next().is_some() {}
+        while let Some(Ok(done)) = inflight.try_join_next() {
+            release(&mut pending, done);
+        }
     }
     while inflight.join_next().await.is_some() {}
+}
+
+fn release(pending: &mut std::collections::HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = pending.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            pending.remove(&ip);
+        }
+    }
 }
 
 /// Serves DNS over TCP on `listener` until `stop` says so. A connection gets
@@ -663,6 +738,9 @@ mod tests {
             tcp_read_timeout: Duration::from_secs(5),
             tcp_per_source: 16,
             tcp_total: 1024,
+            udp_per_source: 64,
+            udp_total: 1024,
+            queries_per_second: 0,
         };
         let client = DnsClient {
             workload_id: 5,

@@ -380,15 +380,15 @@ pub fn parse_file_each(
     docs: &mut Documents,
     after_each: &mut dyn FnMut(&mut Documents),
 ) {
-    let oversize = oversize_documents(text);
+    let refused = refused_documents(text);
     let blanked;
-    let text = if oversize.is_empty() {
+    let text = if refused.is_empty() {
         text
     } else {
-        // Each oversize document is left out (as an empty one), unparsed.
+        // Each refused document is left out (as an empty one), unparsed.
         let mut t = String::with_capacity(text.len());
         let mut from = 0;
-        for (doc, start, end) in &oversize {
+        for (doc, start, end, why) in &refused {
             t.push_str(&text[from..*start]);
             t.push_str("--- null\n");
             from = *end;
@@ -396,22 +396,15 @@ pub fn parse_file_each(
                 file: file.to_owned(),
                 doc: *doc,
             };
-            docs.findings.push(doc_error(
-                &source,
-                None,
-                "",
-                format!(
-                    "document of {} KiB: over Kubernetes' {} KiB object limit; not read",
-                    (end - start) / 1024,
-                    MAX_DOCUMENT_BYTES / 1024
-                ),
-            ));
+            docs.findings
+                .push(doc_error(&source, None, "", format!("{why}; not read")));
         }
         t.push_str(&text[from..]);
         docs.broken_files.push(file.to_owned());
         blanked = t;
         &blanked
     };
+    let mut resources = 0;
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let source = Source {
             file: file.to_owned(),
@@ -432,31 +425,86 @@ pub fn parse_file_each(
         }
         parse_document(source, value, docs);
         after_each(docs);
+        resources += 1;
+    }
+    if resources == 0 {
+        // An emptied file (or one only of comments): what it held stays until
+        // the file is deleted. Writers that truncate then write pass through
+        // this state.
+        docs.broken_files.push(file.to_owned());
     }
 }
 
-/// Documents of `text` over [`MAX_DOCUMENT_BYTES`]: (number from 1, start,
-/// end). Documents start at a line beginning with `---` (a document marker
-/// cannot appear anywhere else at the start of a line).
-fn oversize_documents(text: &str) -> Vec<(usize, usize, usize)> {
-    if text.len() <= MAX_DOCUMENT_BYTES {
-        return Vec::new();
-    }
-    let mut starts = vec![0];
+/// The deepest nesting of flow collections (`{`, `[`) a document may have:
+/// deeper ones are refused before parsing (the YAML parser's time grows with the
+/// square of it; no Istio resource needs more than a few levels).
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Documents of `text` refused before parsing: (number from 1, start, end,
+/// why). Too large ([`MAX_DOCUMENT_BYTES`]) or nested too deep
+/// ([`MAX_FLOW_DEPTH`]). Documents start at a line beginning with `---` (a
+/// document marker cannot appear anywhere else at the start of a line).
+fn refused_documents(text: &str) -> Vec<(usize, usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut doc = 1;
+    let mut start = 0;
     let mut pos = 0;
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut finish = |doc: usize, start: usize, end: usize, deepest: usize| {
+        if end - start > MAX_DOCUMENT_BYTES {
+            out.push((
+                doc,
+                start,
+                end,
+                format!(
+                    "document of {} KiB: over Kubernetes' {} KiB object limit",
+                    (end - start) / 1024,
+                    MAX_DOCUMENT_BYTES / 1024
+                ),
+            ));
+        } else if deepest > MAX_FLOW_DEPTH {
+            out.push((
+                doc,
+                start,
+                end,
+                format!("collections nested deeper than {MAX_FLOW_DEPTH} levels"),
+            ));
+        }
+    };
     for line in text.split_inclusive('\n') {
         if pos > 0 && line.starts_with("---") {
-            starts.push(pos);
+            finish(doc, start, pos, deepest);
+            doc += 1;
+            start = pos;
+            depth = 0;
+            deepest = 0;
+        }
+        // Flow nesting, outside quotes and comments (a quoted scalar does not
+        // span a document marker; a conservative count is enough).
+        // A quote opens a scalar, and `#` a comment, only where a token
+        // starts (`it's` and `a#b` are plain scalars).
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in line.chars() {
+            let token_start = prev.is_whitespace() || matches!(prev, ',' | '[' | '{' | ':');
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') if token_start => quote = Some(c),
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '{' | '[') => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                (None, '}' | ']') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
         }
         pos += line.len();
     }
-    let mut out = Vec::new();
-    for (i, &start) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(text.len());
-        if end - start > MAX_DOCUMENT_BYTES {
-            out.push((i + 1, start, end));
-        }
-    }
+    finish(doc, start, text.len(), deepest);
     out
 }
 

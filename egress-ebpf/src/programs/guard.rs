@@ -631,6 +631,19 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
         bump(Counter::PacketsDropped);
         return Ok(SKB_DROP);
     }
+    if p.proto == PROTO_UDP && to_dns_proxy(&p) {
+        // A workload's queries to the proxy, at most its rate: a flood from one
+        // pod is dropped here, before it fills the proxy's socket for all.
+        let k = Kernel(SkbSocket(skb));
+        if let Some(w) = decide::find_workload(&k) {
+            // SAFETY: helper without arguments.
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            if !dns_rate_ok(w.workload_id, now) {
+                bump(Counter::DnsRateLimited);
+                return Ok(SKB_DROP);
+            }
+        }
+    }
     let tag = tag_of(sk.cast());
     if !tag.is_null() {
         // SAFETY: this socket's storage.
@@ -742,6 +755,17 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     } else {
         SKB_PASS
     })
+}
+
+/// Is the packet a DNS query to the agent's proxy (capture on)?
+#[inline(always)]
+fn to_dns_proxy(p: &Pkt) -> bool {
+    let Some(dns) = EGRESS_DNS.get(0) else {
+        return false;
+    };
+    dns.flags & DNS_CAPTURE != 0
+        && p.dport == dns.port
+        && (p.dst == dns.proxy_v4 || (dns.flags & DNS_HAS_V6 != 0 && p.dst == dns.proxy_v6))
 }
 
 /// The peer address of a full socket, network order, IPv4 v4-mapped.
