@@ -31,5 +31,6 @@ pub mod config;
 pub mod dataplane;
 pub mod dns;
 pub mod istio;
+pub mod k8s;
 pub mod registry;
 pub mod telemetry;
