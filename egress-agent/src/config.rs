@@ -242,7 +242,7 @@ struct RawDns {
     udp_per_source: Option<usize>,
     udp_total: Option<usize>,
     /// DNS queries one workload may send per second (per CPU, dropped in the
-    /// kernel beyond it); 0: no limit. Default 10 000. Taken at start.
+    /// kernel beyond it); 0: no limit. Default 2 000. Taken at start.
     queries_per_second: Option<u32>,
 }
 
@@ -676,7 +676,7 @@ impl Config {
                         tcp_total: d.tcp_total.unwrap_or(1024).max(1),
                         udp_per_source: d.udp_per_source.unwrap_or(64).max(1),
                         udp_total: d.udp_total.unwrap_or(1024).max(1),
-                        queries_per_second: d.queries_per_second.unwrap_or(10_000),
+                        queries_per_second: d.queries_per_second.unwrap_or(2_000),
                     },
                 })
             }
