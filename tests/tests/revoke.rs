@@ -72,10 +72,16 @@ struct Client {
 }
 
 fn start_client(w: &World, hold_secs: u32) -> Client {
+    start_script(w, CLIENT, &[&hold_secs.to_string()])
+}
+
+/// Runs a Python client in the pod and waits until it says "ready".
+fn start_script(w: &World, script: &str, args: &[&str]) -> Client {
     let mut child = w
         .pod()
         .command("python3")
-        .args(["-c", CLIENT, &hold_secs.to_string()])
+        .args(["-c", script])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the client");
@@ -311,23 +317,10 @@ spec:
         &["+short", "+time=2", "+tries=1", "api.partner.example"],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "198.18.0.11");
-    let mut child = w
-        .pod()
-        .command("python3")
-        .args(["-c", HOLD_ONE])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let client = start_script(&w, HOLD_ONE, &[]);
     let changed = now();
     std::fs::remove_file(w.se_dir().join("partner.yaml")).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    child.wait().unwrap();
-    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let r = client.result();
     assert_eq!(r["errno"], libc::ECONNABORTED, "{r}");
     assert!(r["time"].as_f64().unwrap() - changed < 0.1, "{r}");
     // The learned address no longer allows anything, though its TTL runs on.
@@ -367,22 +360,9 @@ fn a_holder_that_left_the_pods_network_namespace_is_still_revoked() {
     let _ext1 = w.ext_server(1, 8080, "ext1");
     let _ext2 = w.ext_server(2, 8080, "ext2");
     let agent = w.start_agent("REGISTRY_ONLY", "");
-    let mut child = w
-        .pod()
-        .command("python3")
-        .args(["-c", LEAVE_NETNS])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let client = start_script(&w, LEAVE_NETNS, &[]);
     std::fs::remove_file(w.se_dir().join("legacy.yaml")).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    child.wait().unwrap();
-    let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let r = client.result();
     assert_eq!(r["errno"], libc::ECONNABORTED, "{r}");
     assert_eq!(
         metric_sum(
