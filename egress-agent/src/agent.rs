@@ -119,9 +119,22 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
+/// Kubernetes mode: the API server's snapshot and what the agent made of it.
+struct Kube {
+    shared: crate::k8s::watch::Shared,
+    /// The mesh ConfigMap's settings, last good.
+    mesh: Option<crate::k8s::watch::Mesh>,
+    /// The configuration as the file says (`State::config` is it with the mesh
+    /// settings over it).
+    file_config: Config,
+    /// Initial lists applied: `/readyz` answers ready.
+    ready: bool,
+}
+
 /// The long-lived state of a running agent.
 struct State {
     config: Config,
+    kube: Option<Kube>,
     cache: FileCache,
     store: Store,
     registry: Registry,
@@ -147,8 +160,13 @@ struct State {
 }
 
 impl State {
-    /// Compiles the current registry and workloads and applies the diff.
+    /// Compiles the current registry and workloads and applies the diff. In
+    /// Kubernetes mode, not before the API server's initial lists are in: until
+    /// then the maps keep what they hold (an adopted last good state).
     async fn sync(&mut self) -> Result<(), AgentError> {
+        if self.kube.as_ref().is_some_and(|k| !k.ready) {
+            return Ok(());
+        }
         let started = Instant::now();
         let resolved = self.resolved.read().expect("resolved lock").clone();
         let desired = compile(
@@ -302,7 +320,11 @@ impl State {
                 return false;
             }
         };
-        let (merged, pending) = self.config.reloaded(new);
+        let running = self
+            .kube
+            .as_ref()
+            .map_or(&self.config, |k| &k.file_config);
+        let (merged, pending) = running.reloaded(new);
         for field in pending {
             warn!(
                 field,
@@ -319,17 +341,30 @@ impl State {
             });
         }
         self.config = merged;
+        if let Some(kube) = &mut self.kube {
+            kube.file_config = self.config.clone();
+            self.apply_mesh();
+        }
         self.metrics.config.reloads.with_label_values(&["ok"]).inc();
         true
     }
 
-    /// Re-reads the configuration directory; keeps the old registry on failure.
+    /// Re-reads the configuration directory (and takes the API server's
+    /// resources); keeps the old registry on failure.
     fn reload(&mut self) -> bool {
+        let api = self.kube.as_ref().map_or_else(Vec::new, |k| {
+            k.shared
+                .cluster
+                .lock()
+                .expect("cluster lock")
+                .istio_reads()
+        });
         match reload(
             &self.config,
             &mut self.cache,
             &mut self.store,
             &self.remembered,
+            &api,
         ) {
             Ok((load, registry, memory)) => {
                 report(&load, &self.metrics);
@@ -355,9 +390,117 @@ impl State {
         }
     }
 
+    /// Every workload: the configuration's, and in Kubernetes mode this node's
+    /// pods and the agent's own cgroup (never enforced).
+    fn workload_configs(&self) -> Vec<crate::config::WorkloadConfig> {
+        let mut out = self.config.workloads.clone();
+        if let (Some(kube), Some(k)) = (&self.kube, &self.config.kubernetes) {
+            let cluster = kube.shared.cluster.lock().expect("cluster lock");
+            let pods = crate::k8s::pods::workloads(
+                &cluster,
+                k,
+                &crate::dataplane::netlink::pod_interface,
+            );
+            drop(cluster);
+            let (mut enforced, mut untouched) = (0, 0);
+            for w in &pods {
+                if w.untouched {
+                    untouched += 1;
+                } else {
+                    enforced += 1;
+                }
+            }
+            let gauge = &self.metrics.kubernetes.pods;
+            gauge.with_label_values(&["enforced"]).set(enforced);
+            gauge.with_label_values(&["untouched"]).set(untouched);
+            out.extend(pods);
+        }
+        if self.config.kubernetes.is_some() {
+            out.extend(own_workloads(&self.config));
+        }
+        // One entry per cgroup: the first (the configuration's) wins.
+        let mut seen = BTreeSet::new();
+        out.retain(|w| seen.insert(w.cgroup.clone()));
+        out
+    }
+
+    /// The workload interfaces the interface line attaches to.
+    fn interfaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .workload_configs()
+            .into_iter()
+            .filter_map(|w| w.interface)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Puts the mesh ConfigMap's settings over the file's configuration.
+    fn apply_mesh(&mut self) {
+        let Some(kube) = &self.kube else {
+            return;
+        };
+        let mut c = kube.file_config.clone();
+        if let Some(m) = &kube.mesh {
+            if let Some(mode) = m.outbound {
+                c.outbound = mode;
+            }
+            if let Some(e) = &m.default_export_to {
+                c.default_export_to = e.clone();
+            }
+            if let Some(r) = &m.root_namespace {
+                c.root_namespace = r.clone();
+            }
+        }
+        self.config = c;
+    }
+
+    /// Reads the mesh ConfigMap's `data.mesh` again; one that does not read
+    /// keeps the last good settings. True when they changed.
+    fn reread_mesh(&mut self) -> bool {
+        let Some(kube) = &mut self.kube else {
+            return false;
+        };
+        let text = kube
+            .shared
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .mesh_text
+            .values()
+            .next()
+            .cloned();
+        let mesh = match text {
+            None => None,
+            Some(t) => match crate::k8s::watch::Mesh::parse(&t) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    error!("the mesh ConfigMap's data.mesh does not read, the last good settings stay: {e}");
+                    return false;
+                }
+            },
+        };
+        if mesh == kube.mesh {
+            return false;
+        }
+        info!(?mesh, "mesh settings from the ConfigMap");
+        kube.mesh = mesh;
+        self.apply_mesh();
+        true
+    }
+
     /// Re-resolves the workload cgroups (they may appear or go at any time).
     fn refresh_workloads(&mut self) -> bool {
-        let (ok, errors) = workloads::resolve(&self.config.workloads);
+        let configs = self.workload_configs();
+        let (ok, errors) = workloads::resolve(&configs);
+        if self.kube.is_some() {
+            self.metrics
+                .kubernetes
+                .pods
+                .with_label_values(&["pending"])
+                .set(errors.len() as i64);
+        }
         let changed = ok != self.workloads;
         if changed {
             for e in &errors {
@@ -366,6 +509,43 @@ impl State {
             self.workloads = ok;
         }
         changed
+    }
+
+    /// Applies what the API server's watches told, as one diff. The first time
+    /// every watch has listed, everything is taken (the agent is ready then);
+    /// before that, nothing is. True when something was synced.
+    async fn apply_kube(&mut self, changes: &BTreeSet<crate::k8s::watch::Changed>) -> bool {
+        use crate::k8s::watch::Changed;
+        let Some(kube) = &mut self.kube else {
+            return false;
+        };
+        let mut first = false;
+        if !kube.ready {
+            if !kube
+                .shared
+                .cluster
+                .lock()
+                .expect("cluster lock")
+                .initial_lists_done()
+            {
+                return false;
+            }
+            kube.ready = true;
+            first = true;
+        }
+        let mesh = (first || changes.contains(&Changed::Mesh)) && self.reread_mesh();
+        let registry = first || mesh || changes.contains(&Changed::Registry);
+        if registry {
+            self.reload();
+        }
+        let workloads = self.refresh_workloads();
+        if !(first || mesh || registry || workloads) {
+            return false;
+        }
+        if let Err(e) = self.sync().await {
+            error!("sync failed, will retry: {e}");
+        }
+        true
     }
 
     fn log_enforcement(&self) {
@@ -413,6 +593,107 @@ impl State {
                 "workload"
             );
         }
+    }
+}
+
+/// The agent's own cgroups in Kubernetes mode, never enforced: its pod's (from
+/// `POD_UID`) and the one it runs in (when no cgroup namespace hides it), so it
+/// is known, untouched, from its first start on.
+fn own_workloads(config: &Config) -> Vec<crate::config::WorkloadConfig> {
+    let Some(k) = &config.kubernetes else {
+        return Vec::new();
+    };
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "egress-agent".into());
+    let name = std::env::var("POD_NAME").unwrap_or_else(|_| "egress-agent".into());
+    let mut cgroups = Vec::new();
+    if let Some(uid) = &k.pod_uid {
+        cgroups.push(crate::k8s::pods::pod_cgroup(
+            &k.cgroup_root,
+            k.cgroup_driver,
+            None,
+            uid,
+        ));
+    }
+    if let (Ok(text), Some(mount)) = (
+        std::fs::read_to_string("/proc/self/cgroup"),
+        crate::config::cgroup2_mount(),
+    ) && let Some(rel) = text.lines().find_map(|l| l.strip_prefix("0::/"))
+        && !rel.is_empty()
+    {
+        let own = mount.join(rel);
+        if own.starts_with(&config.cgroup_path) {
+            cgroups.push(own);
+        }
+    }
+    cgroups
+        .into_iter()
+        .map(|cgroup| crate::config::WorkloadConfig {
+            cgroup,
+            namespace: namespace.clone(),
+            name: name.clone(),
+            labels: Default::default(),
+            ip: None,
+            ips: Vec::new(),
+            interface: None,
+            audit: false,
+            untouched: true,
+            allow_sockets: Vec::new(),
+        })
+        .collect()
+}
+
+/// Waits until every watch has listed once (logging while the API server does
+/// not answer), then takes what they hold. An error only for a signal: the
+/// agent stops, having enforced nothing.
+async fn wait_for_lists(
+    state: &mut State,
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::k8s::watch::Changed>>,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<(), AgentError> {
+    info!("nothing pinned: waiting for the API server's initial lists before enforcing");
+    let since = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    loop {
+        let done = state.kube.as_ref().is_some_and(|k| {
+            k.shared
+                .cluster
+                .lock()
+                .expect("cluster lock")
+                .initial_lists_done()
+        });
+        if done {
+            break;
+        }
+        tokio::select! {
+            _ = kube_change(rx) => {}
+            _ = every.tick() => {
+                warn!(waited_s = since.elapsed().as_secs(), "the API server's initial lists are not in yet; nothing is enforced until they are");
+            }
+            _ = sigterm.recv() => return Err(AgentError::Io(std::io::Error::other("SIGTERM before the initial lists"))),
+            _ = sigint.recv() => return Err(AgentError::Io(std::io::Error::other("SIGINT before the initial lists"))),
+        }
+    }
+    if let Some(k) = &mut state.kube {
+        k.ready = true;
+    }
+    state.reread_mesh();
+    state.reload();
+    info!(
+        waited_ms = since.elapsed().as_millis() as u64,
+        "the API server's initial lists are in"
+    );
+    Ok(())
+}
+
+/// The next change the API server's watches told, or never (file mode).
+async fn kube_change(
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::k8s::watch::Changed>>,
+) -> Option<crate::k8s::watch::Changed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -544,11 +825,18 @@ fn watch_cgroups(
     })
     .map_err(|e| warn!("cannot watch cgroups ({e}); polling every second instead"))
     .ok()?;
-    let parents: BTreeSet<PathBuf> = config
+    let mut parents: BTreeSet<PathBuf> = config
         .workloads
         .iter()
         .filter_map(|w| w.cgroup.parent().map(Path::to_path_buf))
         .collect();
+    // Kubernetes: where the kubelet makes pod cgroups.
+    if let Some(k) = &config.kubernetes {
+        parents.extend(crate::k8s::cgroups::pod_parents(
+            &k.cgroup_root,
+            k.cgroup_driver,
+        ));
+    }
     for dir in parents {
         if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
             warn!(dir = %dir.display(), "cannot watch for new workload cgroups ({e}); polling every second");
@@ -617,10 +905,34 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup())?;
 
     let metrics = Metrics::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Kubernetes mode: the watches start now; the API server may not answer yet.
+    let (mut kube, mut kube_rx) = (None, None);
+    if let Some(k) = &config.kubernetes {
+        let client = crate::k8s::watch::client(k)
+            .await
+            .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+        let (shared, rx) = crate::k8s::watch::start(
+            client,
+            k,
+            config.root_namespace.clone(),
+            crate::registry::pipeline::validation_context(&config),
+            metrics.clone(),
+            &mut tasks,
+        );
+        info!(node = %k.node_name, cgroups = %config.cgroup_path.display(), "Kubernetes mode: watching the API server");
+        kube = Some(Kube {
+            shared,
+            mesh: None,
+            file_config: config.clone(),
+            ready: false,
+        });
+        kube_rx = Some(rx);
+    }
     let mut store = Store::default();
     let mut cache = FileCache::default();
     let remembered = alloc::load_remembered(&config.vip_state_file());
-    let (load, registry, memory) = reload(&config, &mut cache, &mut store, &remembered)?;
+    let (load, registry, memory) = reload(&config, &mut cache, &mut store, &remembered, &[])?;
     release_memory();
     report(&load, &metrics);
     if memory != remembered
@@ -657,6 +969,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let kernel = maps.read()?;
     let adopted_entries = kernel.entries();
     let syncer = Syncer::adopt(kernel);
+    let adopted = !loaded.adoption.adopted_maps.is_empty();
     let ids = if loaded.adoption.adopted_maps.is_empty() {
         Ids::default()
     } else {
@@ -720,6 +1033,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let mut state = State {
         config,
+        kube,
         cache,
         store,
         registry,
@@ -736,6 +1050,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         names: names_tx,
         dns_tables: dns_tx,
     };
+    if !adopted && state.kube.is_some() {
+        // Nothing pinned (a first start): the node's pods must be known before
+        // anything is enforced, or the fail-closed default would hold its
+        // hostNetwork and opted-out pods.
+        wait_for_lists(&mut state, &mut kube_rx, &mut sigterm, &mut sigint).await?;
+    }
     state.refresh_workloads();
     for w in &state.config.workloads {
         if !state.workloads.iter().any(|x| x.config.cgroup == w.cgroup) {
@@ -772,11 +1092,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             "attached a new dataplane"
         }
     );
-    let mut interfaces = state.config.interfaces();
+    let mut interfaces = state.interfaces();
     let mut tc_failed = sync_tc(&owner, &interfaces, &metrics, Vec::new()).await;
-    metrics
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if state.kube.as_ref().is_none_or(|k| k.ready) {
+        metrics
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        info!(
+            "enforcing the pinned last good state until the API server's initial lists are in"
+        );
+    }
     state.log_enforcement();
     if !refuses_packet_sockets {
         for w in &state.config.workloads {
@@ -794,7 +1120,6 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     }
 
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::dns::resolver::run(
         resolver,
         tracker,
@@ -914,7 +1239,26 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                     error!("sync failed, will retry: {e}");
                 }
             }
+            Some(first) = kube_change(&mut kube_rx) => {
+                let mut changes = BTreeSet::from([first]);
+                if let Some(rx) = &mut kube_rx {
+                    while let Ok(c) = rx.try_recv() {
+                        changes.insert(c);
+                    }
+                }
+                let started = Instant::now();
+                if state.apply_kube(&changes).await {
+                    release_memory();
+                    info!(micros = started.elapsed().as_micros() as u64, ?changes, "applied the API server's changes");
+                }
+                if state.kube.as_ref().is_some_and(|k| k.ready)
+                    && !metrics.ready.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    info!("the API server's initial lists are applied: ready");
+                }
+            }
             _ = tick.tick() => {
+                interfaces = state.interfaces();
                 tc_failed = sync_tc(&owner, &interfaces, &metrics, tc_failed).await;
                 if fingerprint(&dir) != seen {
                     due = true;
@@ -940,7 +1284,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 Some((w, rx)) => (Some(w), rx),
                 None => (None, tokio::sync::mpsc::channel(1).1),
             };
-            interfaces = state.config.interfaces();
+            interfaces = state.interfaces();
             tc_failed = sync_tc(&owner, &interfaces, &metrics, tc_failed).await;
             state.refresh_workloads();
             due = true;

@@ -81,6 +81,10 @@ pub struct WorkloadConfig {
     /// Audit mode for this workload only.
     #[serde(default)]
     pub audit: bool,
+    /// Known and never enforced (Kubernetes: hostNetwork pods, opted-out pods,
+    /// the agent's own): the unknown-workload default never holds it.
+    #[serde(default)]
+    pub untouched: bool,
     /// Socket kinds the connect layer cannot judge that this workload may create
     /// anyway (`icmp`, `raw`, `packet`, `udplite`, `sctp`, `other`).
     #[serde(default)]
@@ -177,6 +181,50 @@ struct RawConfig {
     dns: Option<RawDns>,
     #[serde(default)]
     resolver: RawResolver,
+    /// Present: Kubernetes mode.
+    kubernetes: Option<RawKubernetes>,
+    proc_path: Option<PathBuf>,
+}
+
+/// `kubernetes:` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKubernetes {
+    node_name: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+    #[serde(default)]
+    cgroup_driver: RawDriver,
+    mesh_config_map: Option<String>,
+    excluded_namespaces: Option<Vec<String>>,
+    pod_uid: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+enum RawDriver {
+    #[default]
+    Auto,
+    Systemd,
+    Cgroupfs,
+}
+
+/// Kubernetes mode: pods of this node and Istio's resources from the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The node whose pods are enforced (`NODE_NAME` by default).
+    pub node_name: String,
+    /// A kubeconfig; none: in-cluster service account, else `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubelet's cgroup root (where `kubepods.slice` or `kubepods` is).
+    pub cgroup_root: PathBuf,
+    pub cgroup_driver: crate::k8s::cgroups::Driver,
+    /// Istio's mesh ConfigMap in the root namespace; empty: not read.
+    pub mesh_config_map: String,
+    /// Namespaces never enforced.
+    pub excluded_namespaces: Vec<String>,
+    /// The agent's own pod (`POD_UID` by default): never enforced.
+    pub pod_uid: Option<String>,
 }
 
 /// `onExit:` — what the agent leaves when it stops on SIGTERM or SIGINT.
@@ -378,6 +426,10 @@ pub struct Config {
     /// The DNS proxy; none when `dns:` is absent (no capture).
     pub dns: Option<DnsSettings>,
     pub resolver: ResolverConfig,
+    /// Kubernetes mode when present.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// The host's `/proc` (a container mounts it elsewhere).
+    pub proc_path: PathBuf,
 }
 
 /// Loopback only: a workload talking to itself is never enforced. Link-local
@@ -453,6 +505,8 @@ impl Config {
         keep!(fail_open, "failOpen");
         keep!(access_log, "accessLog");
         keep!(resolver, "resolver");
+        keep!(kubernetes, "kubernetes");
+        keep!(proc_path, "procPath");
         // DNS: everything is live but where the proxy listens, the kernel's
         // query rate (and whether it runs at all).
         match (&self.dns, &mut merged.dns) {
@@ -502,6 +556,13 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let text = &expand_env(text, &|name| std::env::var(name).ok()).map_err(|name| {
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                field: format!("${{{name}}}"),
+                reason: "the environment variable is not set".into(),
+            }
+        })?;
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
@@ -516,9 +577,15 @@ impl Config {
             field: field.to_owned(),
             reason,
         };
-        let cgroup_path = match raw.cgroup_path {
-            Some(p) => p,
-            None => cgroup2_mount().ok_or_else(|| {
+        let kubernetes = match raw.kubernetes {
+            None => None,
+            Some(k) => Some(kubernetes(k, &invalid)?),
+        };
+        let cgroup_path = match (raw.cgroup_path, &kubernetes) {
+            (Some(p), _) => p,
+            // The kubelet's pods: every pod cgroup is below.
+            (None, Some(k)) => crate::k8s::cgroups::pods_root(&k.cgroup_root, k.cgroup_driver),
+            (None, None) => cgroup2_mount().ok_or_else(|| {
                 invalid(
                     "cgroupPath",
                     "not set and no cgroup2 mount found in /proc/mounts".into(),
@@ -724,8 +791,98 @@ impl Config {
                 burst: raw.access_log.burst.unwrap_or(20).max(1),
             },
             metrics_address: raw.metrics_address,
+            kubernetes,
+            proc_path: raw.proc_path.unwrap_or_else(|| "/proc".into()),
         })
     }
+}
+
+/// `kubernetes:` with its defaults.
+fn kubernetes(
+    k: RawKubernetes,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<KubernetesConfig, ConfigError> {
+    use crate::k8s::cgroups::{Driver, detect_driver};
+    let node_name = k
+        .node_name
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "kubernetes.nodeName",
+                "not set and NODE_NAME is not in the environment (the downward API's \
+                 spec.nodeName)"
+                    .into(),
+            )
+        })?;
+    let cgroup_root = match k.cgroup_root {
+        Some(p) => p,
+        None => cgroup2_mount().ok_or_else(|| {
+            invalid(
+                "kubernetes.cgroupRoot",
+                "not set and no cgroup2 mount found in /proc/mounts".into(),
+            )
+        })?,
+    };
+    let cgroup_driver = match k.cgroup_driver {
+        RawDriver::Systemd => Driver::Systemd,
+        RawDriver::Cgroupfs => Driver::Cgroupfs,
+        RawDriver::Auto => detect_driver(&cgroup_root).ok_or_else(|| {
+            invalid(
+                "kubernetes.cgroupDriver",
+                format!(
+                    "auto: neither kubepods.slice (systemd) nor kubepods (cgroupfs) is under {}; \
+                     set cgroupRoot or the driver",
+                    cgroup_root.display()
+                ),
+            )
+        })?,
+    };
+    Ok(KubernetesConfig {
+        node_name,
+        kubeconfig: k.kubeconfig,
+        cgroup_root,
+        cgroup_driver,
+        mesh_config_map: k.mesh_config_map.unwrap_or_else(|| "istio".into()),
+        excluded_namespaces: k
+            .excluded_namespaces
+            .unwrap_or_else(|| vec!["kube-system".into()]),
+        pod_uid: k
+            .pod_uid
+            .or_else(|| std::env::var("POD_UID").ok())
+            .filter(|u| !u.is_empty()),
+    })
+}
+
+/// Replaces every `${NAME}` with `lookup(NAME)`; the name of the first one
+/// that is not set is the error. `$${` writes a literal `${`.
+pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i]);
+            out.push('{');
+            rest = &rest[i + 2..];
+            continue;
+        }
+        let Some(end) = rest[i + 2..].find('}') else {
+            break;
+        };
+        let name = &rest[i + 2..i + 2 + end];
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..i]);
+        if valid {
+            out.push_str(&lookup(name).ok_or_else(|| name.to_owned())?);
+        } else {
+            out.push_str(&rest[i..i + 3 + end]);
+        }
+        rest = &rest[i + 3 + end..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// An IP (as a host prefix) or a CIDR.
@@ -1041,6 +1198,63 @@ workloads:
         )
         .unwrap();
         assert_eq!(c.unknown_workloads, UnknownWorkloads::Untouched);
+    }
+
+    #[test]
+    fn environment_variables_are_replaced() {
+        let env = |n: &str| match n {
+            "NODE_NAME" => Some("node-a".to_owned()),
+            "HOST_IP" => Some("10.0.0.7".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_env("nodeName: ${NODE_NAME}\nlisten: [\"${HOST_IP}:15053\"]", &env).unwrap(),
+            "nodeName: node-a\nlisten: [\"10.0.0.7:15053\"]"
+        );
+        assert_eq!(expand_env("a: $${NODE_NAME} ${x-y} ${", &env).unwrap(), "a: ${NODE_NAME} ${x-y} ${");
+        assert_eq!(expand_env("a: ${UNSET_ONE}", &env).unwrap_err(), "UNSET_ONE");
+        let err = Config::parse(
+            Path::new("/etc/egress/agent.yaml"),
+            "cgroupPath: /x\ninstance: ${EGRESS_TEST_SURELY_UNSET}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/etc/egress/agent.yaml")
+                && err.contains("${EGRESS_TEST_SURELY_UNSET}")
+                && err.contains("not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kubernetes_mode_attaches_at_the_kubelets_pods() {
+        let c = Config::parse(
+            Path::new("a.yaml"),
+            "kubernetes:\n  nodeName: node-a\n  cgroupRoot: /sys/fs/cgroup\n  cgroupDriver: systemd\n",
+        )
+        .unwrap();
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.node_name, "node-a");
+        assert_eq!(k.excluded_namespaces, vec!["kube-system".to_owned()]);
+        assert_eq!(k.mesh_config_map, "istio");
+        assert_eq!(c.cgroup_path, Path::new("/sys/fs/cgroup/kubepods.slice"));
+        let c = Config::parse(
+            Path::new("a.yaml"),
+            "kubernetes:\n  nodeName: n\n  cgroupRoot: /r\n  cgroupDriver: cgroupfs\n",
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_path, Path::new("/r/kubepods"));
+        // auto finds neither layout under a root without pods.
+        let err = Config::parse(
+            Path::new("a.yaml"),
+            "kubernetes:\n  nodeName: n\n  cgroupRoot: /nonexistent/root\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kubernetes.cgroupDriver"), "{err}");
+        // The file mode has none of it.
+        assert!(Config::parse(Path::new("a.yaml"), "cgroupPath: /x\n").unwrap().kubernetes.is_none());
     }
 
     #[test]

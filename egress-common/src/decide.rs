@@ -188,11 +188,22 @@ pub fn unknown_default<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
     }
 }
 
+/// A workload entry as enforcement sees it: `None` for one known and left
+/// alone ([`WL_UNTOUCHED`]: a hostNetwork or opted-out pod, the agent's own).
+#[inline(always)]
+pub fn touched(w: WorkloadValue) -> Option<WorkloadValue> {
+    if w.flags & WL_UNTOUCHED == 0 {
+        Some(w)
+    } else {
+        None
+    }
+}
+
 /// The workload of the calling task's cgroup, else the unknown-workload default.
 #[inline(always)]
 pub fn current_workload<D: Dataplane>(d: &D) -> Option<WorkloadValue> {
     match find_workload(d) {
-        Some(w) => Some(w),
+        Some(w) => touched(w),
         None => unknown_default(d),
     }
 }
@@ -210,12 +221,12 @@ pub fn socket_workload<D: Dataplane>(d: &D, tag: Option<&SockTag>) -> Option<Wor
         if t.workload_key != 0
             && let Some(w) = d.workload(t.workload_key)
         {
-            return Some(w);
+            return touched(w);
         }
         if t.cgroup_id != d.current_cgroup_id() {
             // Used away from where it was made: its creator's cgroup decides.
             return match d.workload(t.cgroup_id) {
-                Some(w) => Some(w),
+                Some(w) => touched(w),
                 None => unknown_default(d),
             };
         }

@@ -432,8 +432,10 @@ pub const WL_REGISTRY_ONLY: u32 = 1;
 pub const WL_AUDIT: u32 = 2;
 /// Workload flag: UDP other than DNS is enforced too (`udpEnforcement`).
 pub const WL_UDP: u32 = 4;
-/// Workload flag (on the [`UNKNOWN_CGROUP`] default only): leave unknown cgroups
-/// untouched (`unknownWorkloads: untouched`).
+/// Workload flag: leave this cgroup alone. On the [`UNKNOWN_CGROUP`] default,
+/// unknown cgroups (`unknownWorkloads: untouched`); on a workload, that one (a
+/// hostNetwork or opted-out pod, the agent's own): known, so the default never
+/// holds it, and never enforced.
 pub const WL_UNTOUCHED: u32 = 8;
 /// Workload flags re-allowing socket kinds the connect layer cannot judge
 /// (`allowSockets`); without them a REGISTRY_ONLY workload cannot create them.

@@ -521,6 +521,9 @@ pub fn compile(
         if w.config.addresses().next().is_some() {
             flags |= WL_HAS_ADDR;
         }
+        if w.config.untouched {
+            flags |= WL_UNTOUCHED;
+        }
         let workload_id = ids.workload(w, policy);
         let value = WorkloadValue {
             workload_id,
@@ -818,6 +821,7 @@ mod tests {
                 ips: vec![],
                 interface: None,
                 audit: false,
+                untouched: false,
                 allow_sockets: vec![],
             },
             iface: None,

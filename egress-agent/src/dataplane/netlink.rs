@@ -3,6 +3,7 @@
 //! index, its MAC, and the bridge it is a port of.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
@@ -95,6 +96,114 @@ fn parse_newlink(msg: &[u8], index: u32) -> std::io::Result<Link> {
     Ok(link)
 }
 
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+
+/// The interface the node's routes send `ip` out of, when it is a direct
+/// route (no gateway): the host side of a pod's link, as CNIs that route to
+/// each pod (Calico, Cilium, the ptp plugin) set it up.
+pub fn direct_route_oif(ip: std::net::IpAddr) -> std::io::Result<Option<u32>> {
+    let (family, addr): (u8, Vec<u8>) = match ip {
+        std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = 16 + 12 + 4 + addr.len();
+    let mut req = vec![0u8; len];
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // rtmsg: family, dst_len (a host route), the rest 0.
+    req[16] = family;
+    req[17] = (addr.len() * 8) as u8;
+    let at = 28;
+    req[at..at + 2].copy_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+    req[at + 2..at + 4].copy_from_slice(&RTA_DST.to_ne_bytes());
+    req[at + 4..].copy_from_slice(&addr);
+    // SAFETY: sending our buffer on our socket.
+    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 8 * 1024];
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let msg = &buf[..n as usize];
+    if msg.len() < 28 {
+        return Err(std::io::Error::other("rtnetlink: short reply"));
+    }
+    let ty = u16::from_ne_bytes(msg[4..6].try_into().unwrap());
+    if ty == NLMSG_ERROR {
+        // No route (ENETUNREACH and the like): not a pod of this node.
+        return Ok(None);
+    }
+    if ty != RTM_NEWROUTE {
+        return Err(std::io::Error::other("rtnetlink: unexpected reply"));
+    }
+    let len = (u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize).min(msg.len());
+    let (mut oif, mut gateway) = (None, false);
+    let mut at = 28;
+    while at + 4 <= len {
+        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()) as usize;
+        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
+        if alen < 4 || at + alen > len {
+            break;
+        }
+        let data = &msg[at + 4..at + alen];
+        match aty {
+            RTA_OIF if data.len() == 4 => oif = Some(u32::from_ne_bytes(data.try_into().unwrap())),
+            RTA_GATEWAY => gateway = true,
+            _ => {}
+        }
+        at += (alen + 3) & !3;
+    }
+    Ok(if gateway { None } else { oif })
+}
+
+/// The name of interface `index`.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE long, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The host side of the link of the pod at `ip`: the interface of a direct
+/// route to it, unless that is loopback or a bridge (shared by every pod on
+/// it: the per-pod check would not fit).
+pub fn pod_interface(ip: std::net::IpAddr) -> Option<String> {
+    let index = direct_route_oif(ip).ok()??;
+    let name = name_of(index)?;
+    if name == "lo" || Path::new("/sys/class/net").join(&name).join("bridge").exists() {
+        return None;
+    }
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +214,13 @@ mod tests {
         assert_eq!(l.index, 1);
         assert_eq!(l.mac, [0; 6]);
         assert_eq!(l.master, None);
+    }
+
+    #[test]
+    fn loopback_addresses_are_no_pod_link() {
+        // 127.0.0.1 routes through lo (local table): never a pod's interface.
+        assert_eq!(pod_interface("127.0.0.1".parse().unwrap()), None);
+        assert_eq!(name_of(1).as_deref(), Some("lo"));
     }
 
     #[test]

@@ -100,6 +100,7 @@ mod tests {
             ips: vec![],
             interface: None,
             audit: false,
+            untouched: false,
             allow_sockets: vec![],
         };
         let (ok, err) = resolve(&[cfg]);

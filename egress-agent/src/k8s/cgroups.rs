@@ -73,6 +73,30 @@ pub fn pod_cgroup(root: &Path, driver: Driver, qos: Qos, uid: &str) -> PathBuf {
     }
 }
 
+/// Where the kubelet puts every pod under `root`: the attach point of
+/// Kubernetes mode.
+pub fn pods_root(root: &Path, driver: Driver) -> PathBuf {
+    match driver {
+        Driver::Systemd => root.join("kubepods.slice"),
+        Driver::Cgroupfs => root.join("kubepods"),
+    }
+}
+
+/// The directories pod cgroups are created in (the pods root and its QoS
+/// directories), to watch for new pods.
+pub fn pod_parents(root: &Path, driver: Driver) -> Vec<PathBuf> {
+    let pods = pods_root(root, driver);
+    let mut out = vec![pods.clone()];
+    for q in [Qos::Burstable, Qos::BestEffort] {
+        let dir = q.dir().expect("not Guaranteed");
+        out.push(match driver {
+            Driver::Systemd => pods.join(format!("kubepods-{dir}.slice")),
+            Driver::Cgroupfs => pods.join(dir),
+        });
+    }
+    out
+}
+
 /// The driver the kubelet uses under `root`, from the directories it made.
 pub fn detect_driver(root: &Path) -> Option<Driver> {
     if root.join("kubepods.slice").is_dir() {

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::istio::validate;
 use crate::registry::alloc::{self, Remembered};
 use crate::registry::scope::SidecarScope;
-use crate::registry::store::{FileCache, LoadReport, Store};
+use crate::registry::store::{FileCache, LoadReport, Read, Store};
 use crate::registry::{self, Service};
 
 /// The ServiceEntry directory could not be read.
@@ -39,21 +39,29 @@ pub fn validation_context(config: &Config) -> validate::Context {
     }
 }
 
-/// Reads the configuration directory into `store` (last good versions kept) and
-/// builds the registry from what the store holds.
+/// Reads the configuration directory into `store` (last good versions kept),
+/// with the resources of the API server (`api`, one read per object: the two
+/// sources of one pipeline), and builds the registry from what the store holds.
 pub fn reload(
     config: &Config,
     cache: &mut FileCache,
     store: &mut Store,
     remembered: &Remembered,
+    api: &[Arc<Read>],
 ) -> Result<(LoadReport, Registry, Remembered), ReadError> {
     let started = Instant::now();
-    let read = cache
-        .load_dir(&config.service_entry_dir, &validation_context(config))
-        .map_err(|source| ReadError {
-            path: config.service_entry_dir.clone(),
-            source,
-        })?;
+    // In Kubernetes mode the directory is optional.
+    let mut read = if config.kubernetes.is_some() && !config.service_entry_dir.exists() {
+        Vec::new()
+    } else {
+        cache
+            .load_dir(&config.service_entry_dir, &validation_context(config))
+            .map_err(|source| ReadError {
+                path: config.service_entry_dir.clone(),
+                source,
+            })?
+    };
+    read.extend(api.iter().cloned());
     let read_done = Instant::now();
     let report = store.apply(&read);
     let (registry, memory) = build_registry(config, store, remembered);
@@ -75,6 +83,14 @@ pub fn build_registry(
     for w in warnings {
         warn!(namespace = %w.namespace, host = %w.host, service_entry = %w.se_name, "{}", w.message);
     }
+    // In Kubernetes mode every node must give a host the same VIP whatever it
+    // saw first: a pure function of the cluster's resources, remembering nothing.
+    let none = Remembered::new();
+    let remembered = if config.kubernetes.is_some() {
+        &none
+    } else {
+        remembered
+    };
     let memory = if config.istio_compat.auto_allocate {
         alloc::allocate(&mut services, &config.vip_ranges, remembered)
     } else {

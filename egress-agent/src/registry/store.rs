@@ -226,6 +226,19 @@ fn read_one(file: &Path, ctx: &Context) -> Read {
     read
 }
 
+/// Reads one resource's text that did not come from a file (an API object,
+/// JSON); `file` names it in findings.
+pub fn read_text(file: &Path, text: &str, ctx: &Context) -> Read {
+    let mut read = Read::default();
+    let mut docs = Documents::default();
+    let mut last = None;
+    let mut drain = |d: &mut Documents| read_into(&std::mem::take(d), ctx, &mut read, &mut last);
+    istio::parse_file_each(file, text, &mut docs, &mut drain);
+    drain(&mut docs);
+    read.entries.shrink_to_fit();
+    read
+}
+
 impl FileCache {
     /// Reads `dir` (`*.yaml`, `*.yml`, recursively, sorted), reusing unchanged
     /// files: one shared [`Read`] per file.

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub dataplane: DataplaneMetrics,
     pub config: ConfigMetrics,
     pub dns: DnsMetrics,
+    pub kubernetes: KubernetesMetrics,
     pub ready: AtomicBool,
 }
 
@@ -275,6 +276,60 @@ impl ConfigMetrics {
     }
 }
 
+/// Kubernetes mode: the API server's watches.
+pub struct KubernetesMetrics {
+    pub watch_up: IntGaugeVec,
+    pub events: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub pods: IntGaugeVec,
+}
+
+impl KubernetesMetrics {
+    /// Creates the subsystem's families and registers them in `registry`.
+    fn new(registry: &Registry) -> Self {
+        let watch_up = IntGaugeVec::new(
+            Opts::new(
+                "egress_kubernetes_watch_up",
+                "1 while the watch of a resource is connected and has listed; 0 while the \
+                 API server cannot be reached (the last good state stays enforced)",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "egress_kubernetes_watch_events_total",
+                "Watch events received, by resource",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "egress_kubernetes_watch_errors_total",
+                "Watch failures (connection lost, 410 Gone and relist, refused), by resource",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let pods = IntGaugeVec::new(
+            Opts::new(
+                "egress_kubernetes_pods",
+                "Pods of this node by state: enforced, untouched (hostNetwork, opted out, the \
+                 agent's own), pending (cgroup not there yet)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        Self {
+            watch_up: register(registry, watch_up),
+            events: register(registry, events),
+            errors: register(registry, errors),
+            pods: register(registry, pods),
+        }
+    }
+}
+
 /// The DNS proxy and the resolver of DNS endpoints.
 pub struct DnsMetrics {
     pub queries: IntCounterVec,
@@ -350,6 +405,7 @@ impl Metrics {
             dataplane: DataplaneMetrics::new(&registry),
             config: ConfigMetrics::new(&registry),
             dns: DnsMetrics::new(&registry),
+            kubernetes: KubernetesMetrics::new(&registry),
             registry,
             ready: AtomicBool::new(false),
         })

@@ -106,7 +106,7 @@ fn try_sock_create(ctx: &SockContext) -> Result<i32, ()> {
     let (family, ty, proto) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
     let k = Kernel(Current);
     let (key, workload) = match decide::find_workload_key(&k) {
-        Some((key, w)) => (key, Some(w)),
+        Some((key, w)) => (key, decide::touched(w)),
         None => (0, decide::unknown_default(&k)),
     };
     let mut tag = SockTag {
@@ -635,7 +635,7 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
         // A workload's queries to the proxy, at most its rate: a flood from one
         // pod is dropped here, before it fills the proxy's socket for all.
         let k = Kernel(SkbSocket(skb));
-        if let Some(w) = decide::find_workload(&k) {
+        if let Some(w) = decide::find_workload(&k).and_then(decide::touched) {
             // SAFETY: helper without arguments.
             let now = unsafe { bpf_ktime_get_boot_ns() };
             if !dns_rate_ok(w.workload_id, now) {
@@ -660,7 +660,10 @@ fn try_skb_egress(ctx: &SkBuffContext) -> Result<i32, ()> {
     }
     let k = Kernel(SkbSocket(skb));
     let w = match decide::find_workload(&k) {
-        Some(w) => w,
+        Some(w) => match decide::touched(w) {
+            Some(w) => w,
+            None => return Ok(SKB_PASS),
+        },
         None => match decide::unknown_default(&k) {
             Some(w) => w,
             None => return Ok(SKB_PASS),
