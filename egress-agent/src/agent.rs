@@ -320,10 +320,7 @@ impl State {
                 return false;
             }
         };
-        let running = self
-            .kube
-            .as_ref()
-            .map_or(&self.config, |k| &k.file_config);
+        let running = self.kube.as_ref().map_or(&self.config, |k| &k.file_config);
         let (merged, pending) = running.reloaded(new);
         for field in pending {
             warn!(
@@ -353,11 +350,7 @@ impl State {
     /// resources); keeps the old registry on failure.
     fn reload(&mut self) -> bool {
         let api = self.kube.as_ref().map_or_else(Vec::new, |k| {
-            k.shared
-                .cluster
-                .lock()
-                .expect("cluster lock")
-                .istio_reads()
+            k.shared.cluster.lock().expect("cluster lock").istio_reads()
         });
         match reload(
             &self.config,
@@ -396,11 +389,8 @@ impl State {
         let mut out = self.config.workloads.clone();
         if let (Some(kube), Some(k)) = (&self.kube, &self.config.kubernetes) {
             let cluster = kube.shared.cluster.lock().expect("cluster lock");
-            let pods = crate::k8s::pods::workloads(
-                &cluster,
-                k,
-                &crate::dataplane::netlink::pod_interface,
-            );
+            let pods =
+                crate::k8s::pods::workloads(&cluster, k, &crate::dataplane::netlink::pod_interface);
             drop(cluster);
             let (mut enforced, mut untouched) = (0, 0);
             for w in &pods {
@@ -476,7 +466,9 @@ impl State {
             Some(t) => match crate::k8s::watch::Mesh::parse(&t) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    error!("the mesh ConfigMap's data.mesh does not read, the last good settings stay: {e}");
+                    error!(
+                        "the mesh ConfigMap's data.mesh does not read, the last good settings stay: {e}"
+                    );
                     return false;
                 }
             },
@@ -1099,9 +1091,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
     } else {
-        info!(
-            "enforcing the pinned last good state until the API server's initial lists are in"
-        );
+        info!("enforcing the pinned last good state until the API server's initial lists are in");
     }
     state.log_enforcement();
     if !refuses_packet_sockets {

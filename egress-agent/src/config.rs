@@ -1208,11 +1208,21 @@ workloads:
             _ => None,
         };
         assert_eq!(
-            expand_env("nodeName: ${NODE_NAME}\nlisten: [\"${HOST_IP}:15053\"]", &env).unwrap(),
+            expand_env(
+                "nodeName: ${NODE_NAME}\nlisten: [\"${HOST_IP}:15053\"]",
+                &env
+            )
+            .unwrap(),
             "nodeName: node-a\nlisten: [\"10.0.0.7:15053\"]"
         );
-        assert_eq!(expand_env("a: $${NODE_NAME} ${x-y} ${", &env).unwrap(), "a: ${NODE_NAME} ${x-y} ${");
-        assert_eq!(expand_env("a: ${UNSET_ONE}", &env).unwrap_err(), "UNSET_ONE");
+        assert_eq!(
+            expand_env("a: $${NODE_NAME} ${x-y} ${", &env).unwrap(),
+            "a: ${NODE_NAME} ${x-y} ${"
+        );
+        assert_eq!(
+            expand_env("a: ${UNSET_ONE}", &env).unwrap_err(),
+            "UNSET_ONE"
+        );
         let err = Config::parse(
             Path::new("/etc/egress/agent.yaml"),
             "cgroupPath: /x\ninstance: ${EGRESS_TEST_SURELY_UNSET}\n",
@@ -1254,7 +1264,12 @@ workloads:
         .to_string();
         assert!(err.contains("kubernetes.cgroupDriver"), "{err}");
         // The file mode has none of it.
-        assert!(Config::parse(Path::new("a.yaml"), "cgroupPath: /x\n").unwrap().kubernetes.is_none());
+        assert!(
+            Config::parse(Path::new("a.yaml"), "cgroupPath: /x\n")
+                .unwrap()
+                .kubernetes
+                .is_none()
+        );
     }
 
     #[test]

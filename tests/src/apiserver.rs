@@ -333,7 +333,8 @@ fn valid_dns_subdomain(p: &str) -> bool {
             !l.is_empty()
                 && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
                 && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
 }
 
@@ -368,12 +369,18 @@ impl LabelSelector {
             }
             i += 1;
             if not {
-                reqs.push(LabelReq { key, op: LabelOp::DoesNotExist, values: vec![] });
+                reqs.push(LabelReq {
+                    key,
+                    op: LabelOp::DoesNotExist,
+                    values: vec![],
+                });
             } else {
                 match toks.get(i) {
-                    None | Some(Tok::Comma) => {
-                        reqs.push(LabelReq { key, op: LabelOp::Exists, values: vec![] })
-                    }
+                    None | Some(Tok::Comma) => reqs.push(LabelReq {
+                        key,
+                        op: LabelOp::Exists,
+                        values: vec![],
+                    }),
                     Some(t @ (Tok::Eq | Tok::DoubleEq | Tok::NotEq | Tok::Gt | Tok::Lt)) => {
                         let op = match t {
                             Tok::NotEq => LabelOp::NotIn,
@@ -403,10 +410,18 @@ impl LabelSelector {
                                 "unable to parse requirement: values[0][{key}]: Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
                             ));
                         }
-                        reqs.push(LabelReq { key, op, values: vec![value] });
+                        reqs.push(LabelReq {
+                            key,
+                            op,
+                            values: vec![value],
+                        });
                     }
                     Some(t @ (Tok::In | Tok::NotIn)) => {
-                        let op = if *t == Tok::In { LabelOp::In } else { LabelOp::NotIn };
+                        let op = if *t == Tok::In {
+                            LabelOp::In
+                        } else {
+                            LabelOp::NotIn
+                        };
                         i += 1;
                         if toks.get(i) != Some(&Tok::Open) {
                             return bad("found ..., expected: '('");
@@ -544,12 +559,16 @@ impl FieldSelector {
                 i += 1;
             }
             let Some((at, len, eq)) = found else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             let key: String = chars[..at].iter().collect::<String>().trim().to_string();
             let raw: String = chars[at + len..].iter().collect();
             if key.is_empty() {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             }
             let mut value = String::new();
             let mut it = raw.chars();
@@ -557,7 +576,11 @@ impl FieldSelector {
                 if c == '\\' {
                     match it.next() {
                         Some(e @ ('\\' | ',' | '=' | '!')) => value.push(e),
-                        _ => return Err(format!("invalid field selector: '{s}': invalid escape sequence")),
+                        _ => {
+                            return Err(format!(
+                                "invalid field selector: '{s}': invalid escape sequence"
+                            ));
+                        }
                     }
                 } else {
                     value.push(c);
@@ -605,10 +628,18 @@ fn field_value(kd: &KindDef, obj: &Value, field: &str) -> Option<String> {
         "metadata.name" => s(&["metadata", "name"]),
         "metadata.namespace" if kd.namespaced => s(&["metadata", "namespace"]),
         f if !kd.fields.contains(&f) => None,
-        "spec.hostNetwork" => Some(obj["spec"]["hostNetwork"].as_bool().unwrap_or(false).to_string()),
-        "spec.unschedulable" => {
-            Some(obj["spec"]["unschedulable"].as_bool().unwrap_or(false).to_string())
-        }
+        "spec.hostNetwork" => Some(
+            obj["spec"]["hostNetwork"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        ),
+        "spec.unschedulable" => Some(
+            obj["spec"]["unschedulable"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        ),
         "status.podIP" => match obj["status"]["podIPs"][0]["ip"].as_str() {
             Some(ip) => Some(ip.to_string()),
             None => s(&["status", "podIP"]),
@@ -677,7 +708,11 @@ struct Store {
 }
 
 fn obj_key(kd: &KindDef, ns: &str, name: &str) -> String {
-    if kd.namespaced { format!("{ns}/{name}") } else { name.to_string() }
+    if kd.namespaced {
+        format!("{ns}/{name}")
+    } else {
+        name.to_string()
+    }
 }
 
 /// The object as served at `version`: apiVersion and kind set; for a list item of a
@@ -843,7 +878,10 @@ impl Store {
         if kd.kind == "Namespace" {
             let labels = meta.entry("labels").or_insert_with(|| json!({}));
             if let Some(l) = labels.as_object_mut() {
-                l.insert("kubernetes.io/metadata.name".into(), Value::String(name.clone()));
+                l.insert(
+                    "kubernetes.io/metadata.name".into(),
+                    Value::String(name.clone()),
+                );
             }
             if !obj["status"]["phase"].is_string() {
                 obj["status"] = json!({"phase": "Active"});
@@ -857,7 +895,10 @@ impl Store {
                 obj["metadata"]["generation"] = json!(g);
             }
             let mut same = (**p).clone();
-            same["metadata"].as_object_mut().expect("meta").remove("resourceVersion");
+            same["metadata"]
+                .as_object_mut()
+                .expect("meta")
+                .remove("resourceVersion");
             if same == obj {
                 return Ok((p.clone(), false));
             }
@@ -866,7 +907,14 @@ impl Store {
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let obj = Arc::new(obj);
         self.objects[kind].insert(key.clone(), obj.clone());
-        self.record(HistEvent { rv: self.rv, kind, key, prev, obj: obj.clone(), deleted: false });
+        self.record(HistEvent {
+            rv: self.rv,
+            kind,
+            key,
+            prev,
+            obj: obj.clone(),
+            deleted: false,
+        });
         Ok((obj, true))
     }
 
@@ -899,7 +947,14 @@ fn random_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Now as RFC 3339 UTC with seconds, as Kubernetes writes timestamps.
@@ -989,7 +1044,15 @@ fn err(code: u16, reason: &str, message: &str) -> (u16, Value) {
 }
 
 fn not_found_path() -> (u16, Value) {
-    (404, status(404, "NotFound", "the server could not find the requested resource", Some(json!({}))))
+    (
+        404,
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            Some(json!({})),
+        ),
+    )
 }
 
 fn not_found(kd: &KindDef, name: &str) -> (u16, Value) {
@@ -1002,7 +1065,15 @@ fn not_found(kd: &KindDef, name: &str) -> (u16, Value) {
     } else {
         format!("{}.{}", kd.plural, kd.group)
     };
-    (404, status(404, "NotFound", &format!("{res} \"{name}\" not found"), Some(details)))
+    (
+        404,
+        status(
+            404,
+            "NotFound",
+            &format!("{res} \"{name}\" not found"),
+            Some(details),
+        ),
+    )
 }
 
 fn invalid_options(kind: &str, field: &str, message: &str) -> (u16, Value) {
@@ -1010,7 +1081,15 @@ fn invalid_options(kind: &str, field: &str, message: &str) -> (u16, Value) {
         "group": "meta.k8s.io", "kind": kind,
         "causes": [{"reason": "FieldValueForbidden", "message": message, "field": field}],
     });
-    (422, status(422, "Invalid", &format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {message}"), Some(details)))
+    (
+        422,
+        status(
+            422,
+            "Invalid",
+            &format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {message}"),
+            Some(details),
+        ),
+    )
 }
 
 fn expired(message: &str) -> Value {
@@ -1030,7 +1109,11 @@ impl Query {
         )
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
     /// Go's strconv.ParseBool, as the server decodes boolean parameters.
     fn flag(&self, k: &str) -> Result<bool, (u16, Value)> {
@@ -1038,7 +1121,11 @@ impl Query {
             None | Some("") => Ok(false),
             Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
             Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-            Some(v) => Err(err(400, "BadRequest", &format!("invalid boolean value {v:?} for {k}"))),
+            Some(v) => Err(err(
+                400,
+                "BadRequest",
+                &format!("invalid boolean value {v:?} for {k}"),
+            )),
         }
     }
 }
@@ -1052,8 +1139,18 @@ enum Route {
     ApiGroup,
     OpenApiV2,
     OpenApiV3,
-    Collection { kind: usize, version: String, namespace: Option<String>, watch_path: bool },
-    Object { kind: usize, version: String, namespace: Option<String>, name: String },
+    Collection {
+        kind: usize,
+        version: String,
+        namespace: Option<String>,
+        watch_path: bool,
+    },
+    Object {
+        kind: usize,
+        version: String,
+        namespace: Option<String>,
+        name: String,
+    },
 }
 
 impl Inner {
@@ -1087,7 +1184,9 @@ impl Inner {
             r => (false, r),
         };
         let find = |plural: &str| {
-            KINDS.iter().position(|k| k.group == group && k.plural == plural)
+            KINDS
+                .iter()
+                .position(|k| k.group == group && k.plural == plural)
         };
         let version = version.to_string();
         let r = match rest {
@@ -1097,7 +1196,12 @@ impl Inner {
                 }
                 Route::ApiGroupVersion(group.to_string(), version)
             }
-            [plural] => Route::Collection { kind: find(plural)?, version, namespace: None, watch_path },
+            [plural] => Route::Collection {
+                kind: find(plural)?,
+                version,
+                namespace: None,
+                watch_path,
+            },
             ["namespaces", ns, plural] if find(plural).is_some_and(|k| KINDS[k].namespaced) => {
                 Route::Collection {
                     kind: find(plural)?,
@@ -1106,12 +1210,22 @@ impl Inner {
                     watch_path,
                 }
             }
-            ["namespaces", ns, plural, name] if find(plural).is_some_and(|k| KINDS[k].namespaced) => {
-                Route::Object { kind: find(plural)?, version, namespace: Some(ns.to_string()), name: name.to_string() }
+            ["namespaces", ns, plural, name]
+                if find(plural).is_some_and(|k| KINDS[k].namespaced) =>
+            {
+                Route::Object {
+                    kind: find(plural)?,
+                    version,
+                    namespace: Some(ns.to_string()),
+                    name: name.to_string(),
+                }
             }
-            [plural, name] if find(plural).is_some_and(|k| !KINDS[k].namespaced) => {
-                Route::Object { kind: find(plural)?, version, namespace: None, name: name.to_string() }
-            }
+            [plural, name] if find(plural).is_some_and(|k| !KINDS[k].namespaced) => Route::Object {
+                kind: find(plural)?,
+                version,
+                namespace: None,
+                name: name.to_string(),
+            },
             _ => return None,
         };
         if watch_path && matches!(r, Route::Object { .. }) {
@@ -1159,7 +1273,13 @@ impl Inner {
     }
 
     /// GET of a collection (not a watch).
-    fn list(&self, kind: usize, version: &str, namespace: Option<&str>, q: &Query) -> Result<Value, (u16, Value)> {
+    fn list(
+        &self,
+        kind: usize,
+        version: &str,
+        namespace: Option<&str>,
+        q: &Query,
+    ) -> Result<Value, (u16, Value)> {
         let kd = &KINDS[kind];
         let filter = self.filter(kind, namespace, q)?;
         let rv_param = q.get("resourceVersion").unwrap_or("");
@@ -1191,7 +1311,9 @@ impl Inner {
                 return Err(invalid_options(
                     "ListOptions",
                     "resourceVersionMatch",
-                    &format!("Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\""),
+                    &format!(
+                        "Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\""
+                    ),
                 ));
             }
             if rv_match == "Exact" && rv_param == "0" {
@@ -1203,25 +1325,47 @@ impl Inner {
             }
         }
         if !cont.is_empty() && !rv_param.is_empty() && rv_param != "0" {
-            return Err(err(400, "BadRequest", "specifying resource version is not allowed when using continue"));
+            return Err(err(
+                400,
+                "BadRequest",
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let store = lock(&self.store);
         let requested: Option<u64> = match rv_param {
             "" | "0" => None,
             s => Some(s.parse::<u64>().map_err(|_| {
-                err(400, "BadRequest", &format!("invalid resource version: strconv.ParseUint: parsing {s:?}: invalid syntax"))
+                err(
+                    400,
+                    "BadRequest",
+                    &format!(
+                        "invalid resource version: strconv.ParseUint: parsing {s:?}: invalid syntax"
+                    ),
+                )
             })?),
         };
         if let Some(r) = requested
             && r > store.rv
         {
             let details = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1});
-            return Err((504, status(504, "Timeout", &format!("Too large resource version: {r}, current: {}", store.rv), Some(details))));
+            return Err((
+                504,
+                status(
+                    504,
+                    "Timeout",
+                    &format!("Too large resource version: {r}, current: {}", store.rv),
+                    Some(details),
+                ),
+            ));
         }
         // Which snapshot, and from which key on.
         let (snap_rv, start_after) = if !cont.is_empty() {
             let (rv, start) = decode_continue(cont).ok_or_else(|| {
-                err(400, "BadRequest", "continue key is not valid: the continue token could not be decoded")
+                err(
+                    400,
+                    "BadRequest",
+                    "continue key is not valid: the continue token could not be decoded",
+                )
             })?;
             if rv < store.floor {
                 let mut st = expired(
@@ -1234,7 +1378,10 @@ impl Inner {
         } else if rv_match == "Exact" {
             let r = requested.expect("checked");
             if r < store.floor {
-                return Err((410, expired("The resourceVersion for the provided list is too old.")));
+                return Err((
+                    410,
+                    expired("The resourceVersion for the provided list is too old."),
+                ));
             }
             (r, None)
         } else {
@@ -1249,7 +1396,9 @@ impl Inner {
         let mut items = Vec::new();
         let mut next_key = None;
         let mut remaining = 0usize;
-        let range = state.iter().filter(|(k, _)| start_after.as_ref().is_none_or(|s| *k > s));
+        let range = state
+            .iter()
+            .filter(|(k, _)| start_after.as_ref().is_none_or(|s| *k > s));
         for (k, o) in range {
             if !filter.matches(o) {
                 continue;
@@ -1279,20 +1428,34 @@ impl Inner {
         }))
     }
 
-    fn filter(&self, kind: usize, namespace: Option<&str>, q: &Query) -> Result<Filter, (u16, Value)> {
+    fn filter(
+        &self,
+        kind: usize,
+        namespace: Option<&str>,
+        q: &Query,
+    ) -> Result<Filter, (u16, Value)> {
         let kd = &KINDS[kind];
         let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
             .map_err(|e| err(400, "BadRequest", &e))?;
         let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
             .map_err(|e| err(400, "BadRequest", &e))?;
         fields.check(kd).map_err(|e| err(400, "BadRequest", &e))?;
-        Ok(Filter { kind, namespace: namespace.map(str::to_string), labels, fields })
+        Ok(Filter {
+            kind,
+            namespace: namespace.map(str::to_string),
+            labels,
+            fields,
+        })
     }
 }
 
 fn items_last_key(items: &[Value], kd: &KindDef) -> String {
     let last = items.last().expect("a full page");
-    obj_key(kd, str_at(last, &["metadata", "namespace"]), str_at(last, &["metadata", "name"]))
+    obj_key(
+        kd,
+        str_at(last, &["metadata", "namespace"]),
+        str_at(last, &["metadata", "name"]),
+    )
 }
 
 /// The continue token: opaque to clients; like the real one, base64 of the snapshot's
@@ -1303,7 +1466,9 @@ fn encode_continue(rv: u64, start_after: &str) -> String {
 }
 
 fn decode_continue(token: &str) -> Option<(u64, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
     let v: Value = serde_json::from_slice(&raw).ok()?;
     if v["v"] != "meta.k8s.io/v1" {
         return None;
@@ -1366,7 +1531,11 @@ impl WatchStream {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     lock(&inner.requests).push(format!("{} {pq}", req.method()));
     let resp = match serve(&inner, req).await {
         Ok(r) => r,
@@ -1385,7 +1554,12 @@ async fn serve(inner: &Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
         if method != Method::GET {
             return Err((
                 405,
-                status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", Some(json!({}))),
+                status(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                    Some(json!({})),
+                ),
             ));
         }
         Ok(())
@@ -1394,25 +1568,34 @@ async fn serve(inner: &Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
         Route::Version => {
             read_only(&route)?;
             let (major, minor) = KUBE_VERSION;
-            Ok(json_response(200, &json!({
-                "major": major, "minor": minor,
-                "emulationMajor": major, "emulationMinor": minor,
-                "gitVersion": format!("v{major}.{minor}.0"),
-                "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
-                "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
-            })))
+            Ok(json_response(
+                200,
+                &json!({
+                    "major": major, "minor": minor,
+                    "emulationMajor": major, "emulationMinor": minor,
+                    "gitVersion": format!("v{major}.{minor}.0"),
+                    "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
+                    "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64",
+                }),
+            ))
         }
         Route::Api => {
             read_only(&route)?;
-            Ok(json_response(200, &json!({
-                "kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{}", inner.port)}],
-            })))
+            Ok(json_response(
+                200,
+                &json!({
+                    "kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{}", inner.port)}],
+                }),
+            ))
         }
         Route::Apis => {
             read_only(&route)?;
-            Ok(json_response(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [inner.api_group()]})))
+            Ok(json_response(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [inner.api_group()]}),
+            ))
         }
         Route::ApiGroup => {
             read_only(&route)?;
@@ -1427,30 +1610,53 @@ async fn serve(inner: &Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
         }
         Route::OpenApiV2 => {
             read_only(&route)?;
-            let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if accept.contains("protobuf") {
                 // kubectl's client-side validation asks for the protobuf encoding; an
                 // empty message is a valid, empty OpenAPI document.
                 return Ok(Response::builder()
                     .status(200)
-                    .header("Content-Type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+                    .header(
+                        "Content-Type",
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    )
                     .body(full(Bytes::new()))
                     .expect("response"));
             }
             let (major, minor) = KUBE_VERSION;
-            Ok(json_response(200, &json!({
-                "swagger": "2.0",
-                "info": {"title": "Kubernetes", "version": format!("v{major}.{minor}.0")},
-                "paths": {}, "definitions": {},
-            })))
+            Ok(json_response(
+                200,
+                &json!({
+                    "swagger": "2.0",
+                    "info": {"title": "Kubernetes", "version": format!("v{major}.{minor}.0")},
+                    "paths": {}, "definitions": {},
+                }),
+            ))
         }
         Route::OpenApiV3 => {
             read_only(&route)?;
             Ok(json_response(200, &json!({"paths": {}})))
         }
-        Route::Collection { kind, version, namespace, watch_path } => {
+        Route::Collection {
+            kind,
+            version,
+            namespace,
+            watch_path,
+        } => {
             if method != Method::GET && method != Method::POST {
-                return Err((405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", Some(json!({})))));
+                return Err((
+                    405,
+                    status(
+                        405,
+                        "MethodNotAllowed",
+                        "the server does not allow this method on the requested resource",
+                        Some(json!({})),
+                    ),
+                ));
             }
             if method == Method::POST {
                 if watch_path {
@@ -1462,10 +1668,18 @@ async fn serve(inner: &Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
             if watch_path || q.flag("watch")? {
                 watch(inner, kind, &version, namespace.as_deref(), &q)
             } else {
-                Ok(json_response(200, &inner.list(kind, &version, namespace.as_deref(), &q)?))
+                Ok(json_response(
+                    200,
+                    &inner.list(kind, &version, namespace.as_deref(), &q)?,
+                ))
             }
         }
-        Route::Object { kind, version, namespace, name } => {
+        Route::Object {
+            kind,
+            version,
+            namespace,
+            name,
+        } => {
             let kd = &KINDS[kind];
             let ns = namespace.clone().unwrap_or_default();
             match method {
@@ -1496,20 +1710,47 @@ async fn serve(inner: &Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
                         .unwrap_or("")
                         .to_string();
                     let body = read_body(req).await?;
-                    update(inner, kind, &version, &ns, &name, body, method == Method::PATCH, &ctype)
+                    update(
+                        inner,
+                        kind,
+                        &version,
+                        &ns,
+                        &name,
+                        body,
+                        method == Method::PATCH,
+                        &ctype,
+                    )
                 }
-                _ => Err((405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", Some(json!({}))))),
+                _ => Err((
+                    405,
+                    status(
+                        405,
+                        "MethodNotAllowed",
+                        "the server does not allow this method on the requested resource",
+                        Some(json!({})),
+                    ),
+                )),
             }
         }
     }
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Value, (u16, Value)> {
-    let ctype = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.is_empty() && !ctype.starts_with("application/json") && !ctype.contains("patch+json") {
+    let ctype = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.is_empty() && !ctype.starts_with("application/json") && !ctype.contains("patch+json")
+    {
         // No protobuf here: client-go falls back to JSON on a 415.
-        let msg = format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (not {ctype})");
-        return Err((415, status(415, "UnsupportedMediaType", &msg, Some(json!({})))));
+        let msg = format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (not {ctype})"
+        );
+        return Err((
+            415,
+            status(415, "UnsupportedMediaType", &msg, Some(json!({}))),
+        ));
     }
     let bytes = req
         .into_body()
@@ -1517,26 +1758,46 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, (u16, Value)> {
         .await
         .map_err(|e| err(400, "BadRequest", &format!("reading the body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| err(400, "BadRequest", &format!("the body is not JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| err(400, "BadRequest", &format!("the body is not JSON: {e}")))
 }
 
 fn check_identity(kd: &KindDef, version: &str, obj: &Value) -> Result<(), (u16, Value)> {
     let av = obj["apiVersion"].as_str().unwrap_or("");
     let kind = obj["kind"].as_str().unwrap_or("");
     if (!av.is_empty() && av != api_version(kd, version)) || (!kind.is_empty() && kind != kd.kind) {
-        return Err(err(400, "BadRequest", &format!("the API version in the data ({av}) does not match the expected API version ({})", api_version(kd, version))));
+        return Err(err(
+            400,
+            "BadRequest",
+            &format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                api_version(kd, version)
+            ),
+        ));
     }
     Ok(())
 }
 
-fn create(inner: &Inner, kind: usize, version: &str, namespace: Option<&str>, mut obj: Value) -> Result<Response<Body>, (u16, Value)> {
+fn create(
+    inner: &Inner,
+    kind: usize,
+    version: &str,
+    namespace: Option<&str>,
+    mut obj: Value,
+) -> Result<Response<Body>, (u16, Value)> {
     let kd = &KINDS[kind];
     check_identity(kd, version, &obj)?;
     if kd.namespaced {
-        let Some(ns) = namespace else { return Err(not_found_path()) };
+        let Some(ns) = namespace else {
+            return Err(not_found_path());
+        };
         let given = str_at(&obj, &["metadata", "namespace"]).to_string();
         if !given.is_empty() && given != ns {
-            return Err(err(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(err(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         obj["metadata"]["namespace"] = Value::String(ns.to_string());
     }
@@ -1550,8 +1811,20 @@ fn create(inner: &Inner, kind: usize, version: &str, namespace: Option<&str>, mu
         return Err(not_found(&KINDS[NAMESPACE], ns));
     }
     if store.objects[kind].contains_key(&obj_key(kd, namespace.unwrap_or(""), &name)) {
-        let res = if kd.group.is_empty() { kd.plural.to_string() } else { format!("{}.{}", kd.plural, kd.group) };
-        return Err((409, status(409, "AlreadyExists", &format!("{res} \"{name}\" already exists"), Some(json!({"name": name, "kind": kd.plural})))));
+        let res = if kd.group.is_empty() {
+            kd.plural.to_string()
+        } else {
+            format!("{}.{}", kd.plural, kd.group)
+        };
+        return Err((
+            409,
+            status(
+                409,
+                "AlreadyExists",
+                &format!("{res} \"{name}\" already exists"),
+                Some(json!({"name": name, "kind": kd.plural})),
+            ),
+        ));
     }
     let (o, _) = store.put(kind, obj).map_err(|e| err(422, "Invalid", &e))?;
     drop(store);
@@ -1579,30 +1852,70 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn update(inner: &Inner, kind: usize, version: &str, ns: &str, name: &str, body: Value, patch: bool, ctype: &str) -> Result<Response<Body>, (u16, Value)> {
+fn update(
+    inner: &Inner,
+    kind: usize,
+    version: &str,
+    ns: &str,
+    name: &str,
+    body: Value,
+    patch: bool,
+    ctype: &str,
+) -> Result<Response<Body>, (u16, Value)> {
     let kd = &KINDS[kind];
     let mut store = lock(&inner.store);
     let cur = store.objects[kind].get(&obj_key(kd, ns, name)).cloned();
     let new = if patch {
-        let Some(cur) = cur else { return Err(not_found(kd, name)) };
-        if !(ctype.starts_with("application/merge-patch+json") || ctype.starts_with("application/strategic-merge-patch+json")) {
-            return Err((415, status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (not {ctype})"), None)));
+        let Some(cur) = cur else {
+            return Err(not_found(kd, name));
+        };
+        if !(ctype.starts_with("application/merge-patch+json")
+            || ctype.starts_with("application/strategic-merge-patch+json"))
+        {
+            return Err((
+                415,
+                status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (not {ctype})"
+                    ),
+                    None,
+                ),
+            ));
         }
         let mut o = (*cur).clone();
         merge_patch(&mut o, &body);
         o
     } else {
         check_identity(kd, version, &body)?;
-        let Some(cur) = cur else { return Err(not_found(kd, name)) };
+        let Some(cur) = cur else {
+            return Err(not_found(kd, name));
+        };
         let want = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
         let have = cur["metadata"]["resourceVersion"].as_str().unwrap_or("");
         if !want.is_empty() && want != have {
-            return Err((409, status(409, "Conflict", &format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kd.plural), Some(json!({"name": name, "kind": kd.plural})))));
+            return Err((
+                409,
+                status(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        kd.plural
+                    ),
+                    Some(json!({"name": name, "kind": kd.plural})),
+                ),
+            ));
         }
         body
     };
     if str_at(&new, &["metadata", "name"]) != name {
-        return Err(err(400, "BadRequest", "the name of the object does not match the name on the URL"));
+        return Err(err(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        ));
     }
     let mut new = new;
     if kd.namespaced {
@@ -1613,33 +1926,63 @@ fn update(inner: &Inner, kind: usize, version: &str, ns: &str, name: &str, body:
     Ok(json_response(200, &render(kd, version, &o, false)))
 }
 
-fn watch(inner: &Arc<Inner>, kind: usize, version: &str, namespace: Option<&str>, q: &Query) -> Result<Response<Body>, (u16, Value)> {
+fn watch(
+    inner: &Arc<Inner>,
+    kind: usize,
+    version: &str,
+    namespace: Option<&str>,
+    q: &Query,
+) -> Result<Response<Body>, (u16, Value)> {
     let kd = &KINDS[kind];
     let filter = inner.filter(kind, namespace, q)?;
     let rv_param = q.get("resourceVersion").unwrap_or("").to_string();
     let rv_match = q.get("resourceVersionMatch").unwrap_or("");
     let bookmarks = q.flag("allowWatchBookmarks")?;
-    let send_initial = q.get("sendInitialEvents").map(|_| q.flag("sendInitialEvents")).transpose()?;
+    let send_initial = q
+        .get("sendInitialEvents")
+        .map(|_| q.flag("sendInitialEvents"))
+        .transpose()?;
     match send_initial {
         Some(_) if rv_match != "NotOlderThan" => {
-            return Err(invalid_options("ListOptions", "resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+            return Err(invalid_options(
+                "ListOptions",
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
         }
         Some(true) if !bookmarks => {
-            return Err(invalid_options("ListOptions", "allowWatchBookmarks", "allowWatchBookmarks must be set to true when sendInitialEvents is true"));
+            return Err(invalid_options(
+                "ListOptions",
+                "allowWatchBookmarks",
+                "allowWatchBookmarks must be set to true when sendInitialEvents is true",
+            ));
         }
         None if !rv_match.is_empty() => {
-            return Err(invalid_options("ListOptions", "resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+            return Err(invalid_options(
+                "ListOptions",
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
         }
         _ => {}
     }
     let timeout = match q.get("timeoutSeconds") {
         None | Some("") => None,
-        Some(t) => Some(t.parse::<u64>().map_err(|_| err(400, "BadRequest", &format!("invalid timeoutSeconds {t:?}")))?),
+        Some(t) => Some(
+            t.parse::<u64>()
+                .map_err(|_| err(400, "BadRequest", &format!("invalid timeoutSeconds {t:?}")))?,
+        ),
     };
     let requested: Option<u64> = match rv_param.as_str() {
         "" | "0" => None,
         s => Some(s.parse::<u64>().map_err(|_| {
-            err(400, "BadRequest", &format!("invalid resource version: strconv.ParseUint: parsing {s:?}: invalid syntax"))
+            err(
+                400,
+                "BadRequest",
+                &format!(
+                    "invalid resource version: strconv.ParseUint: parsing {s:?}: invalid syntax"
+                ),
+            )
         })?),
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -1649,9 +1992,21 @@ fn watch(inner: &Arc<Inner>, kind: usize, version: &str, namespace: Option<&str>
             && r > store.rv
         {
             let details = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1});
-            return Err((504, status(504, "Timeout", &format!("Too large resource version: {r}, current: {}", store.rv), Some(details))));
+            return Err((
+                504,
+                status(
+                    504,
+                    "Timeout",
+                    &format!("Too large resource version: {r}, current: {}", store.rv),
+                    Some(details),
+                ),
+            ));
         }
-        let w = Watcher { filter: filter.clone(), version: version.to_string(), tx: tx.clone() };
+        let w = Watcher {
+            filter: filter.clone(),
+            version: version.to_string(),
+            tx: tx.clone(),
+        };
         // Synthetic ADDED of the current state: for "" and "0" (and streaming lists),
         // unless sendInitialEvents=false says not to.
         let mut expired_now = false;
@@ -1662,11 +2017,17 @@ fn watch(inner: &Arc<Inner>, kind: usize, version: &str, namespace: Option<&str>
         if initial {
             for o in store.objects[kind].values() {
                 if filter.matches(o) {
-                    let _ = tx.send(Msg::Line(event_line("ADDED", &render(kd, version, o, false))));
+                    let _ = tx.send(Msg::Line(event_line(
+                        "ADDED",
+                        &render(kd, version, o, false),
+                    )));
                 }
             }
             if send_initial == Some(true) {
-                let _ = tx.send(Msg::Line(event_line("BOOKMARK", &bookmark_object(kd, version, store.rv, true))));
+                let _ = tx.send(Msg::Line(event_line(
+                    "BOOKMARK",
+                    &bookmark_object(kd, version, store.rv, true),
+                )));
             }
         } else if let Some(r) = requested {
             if r < store.floor {
@@ -1728,7 +2089,8 @@ fn bind_port(port: u16) -> socket2::Socket {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
     s.set_reuse_address(true).expect("SO_REUSEADDR");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    s.bind(&addr.into()).unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
     s
 }
 
@@ -1746,7 +2108,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: tokio::net::TcpListener) {
         let conn_inner = inner.clone();
         let mut conns = lock(&inner.conns);
         let task = tokio::spawn(async move {
-            let _guard = ConnGuard { inner: conn_inner.clone(), id };
+            let _guard = ConnGuard {
+                inner: conn_inner.clone(),
+                id,
+            };
             let svc = hyper::service::service_fn(move |req| handle(conn_inner.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -1765,7 +2130,10 @@ impl ApiServer {
     /// Serves only these `networking.istio.io` versions (the preferred one is the
     /// newest by Kubernetes' version priority).
     pub fn with_istio_versions(versions: &[&str]) -> ApiServer {
-        assert!(!versions.is_empty(), "serve at least one networking.istio.io version");
+        assert!(
+            !versions.is_empty(),
+            "serve at least one networking.istio.io version"
+        );
         let mut vs: Vec<String> = versions.iter().map(|s| s.to_string()).collect();
         vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)).then(a.cmp(b)));
         vs.dedup();
@@ -1845,23 +2213,38 @@ impl ApiServer {
     /// given), generation, and namespace `default` for namespaced kinds. An update that
     /// changes nothing is a no-op and returns the current resourceVersion.
     pub fn apply(&self, obj: Value) -> u64 {
-        let av = obj["apiVersion"].as_str().unwrap_or_else(|| panic!("apply: no apiVersion in {obj}"));
-        let kind_name = obj["kind"].as_str().unwrap_or_else(|| panic!("apply: no kind in {obj}"));
+        let av = obj["apiVersion"]
+            .as_str()
+            .unwrap_or_else(|| panic!("apply: no apiVersion in {obj}"));
+        let kind_name = obj["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("apply: no kind in {obj}"));
         let group = group_of(av);
         let kind = KINDS
             .iter()
             .position(|k| k.kind == kind_name && k.group == group)
-            .unwrap_or_else(|| panic!("apply: the test API server has no kind {kind_name} in group {group:?}"));
+            .unwrap_or_else(|| {
+                panic!("apply: the test API server has no kind {kind_name} in group {group:?}")
+            });
         let mut store = lock(&self.inner.store);
-        let (o, _) = store.put(kind, obj).unwrap_or_else(|e| panic!("apply: {e}"));
-        o["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("resourceVersion")
+        let (o, _) = store
+            .put(kind, obj)
+            .unwrap_or_else(|e| panic!("apply: {e}"));
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("resourceVersion")
     }
 
     /// Deletes the object; emits DELETED with its last state and a new resourceVersion.
     /// `kind` is a Kind, plural, singular or short name. False if there was none.
     pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
         let k = kind_index(kind).unwrap_or_else(|| panic!("delete: unknown kind {kind}"));
-        let ns = if KINDS[k].namespaced { namespace.unwrap_or("default") } else { "" };
+        let ns = if KINDS[k].namespaced {
+            namespace.unwrap_or("default")
+        } else {
+            ""
+        };
         lock(&self.inner.store).remove(k, ns, name).is_some()
     }
 
@@ -1870,9 +2253,19 @@ impl ApiServer {
     pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         let k = kind_index(kind).unwrap_or_else(|| panic!("get: unknown kind {kind}"));
         let kd = &KINDS[k];
-        let ns = if kd.namespaced { namespace.unwrap_or("default") } else { "" };
-        let o = lock(&self.inner.store).objects[k].get(&obj_key(kd, ns, name)).cloned()?;
-        let version = if kd.group.is_empty() { "v1".to_string() } else { self.inner.istio_versions[0].clone() };
+        let ns = if kd.namespaced {
+            namespace.unwrap_or("default")
+        } else {
+            ""
+        };
+        let o = lock(&self.inner.store).objects[k]
+            .get(&obj_key(kd, ns, name))
+            .cloned()?;
+        let version = if kd.group.is_empty() {
+            "v1".to_string()
+        } else {
+            self.inner.istio_versions[0].clone()
+        };
         Some(render(kd, &version, &o, false))
     }
 
@@ -1898,7 +2291,10 @@ impl ApiServer {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !task.is_finished() || !lock(&self.inner.conns).is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the test API server's connections did not close");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test API server's connections did not close"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         // Keep the port: bound, not listening.
@@ -1961,8 +2357,22 @@ mod tests {
 
     #[test]
     fn label_selectors() {
-        let l = |s: &str| json!(s.split(',').filter(|x| !x.is_empty()).map(|kv| { let (k, v) = kv.split_once('=').unwrap(); (k.to_string(), json!(v)) }).collect::<Map<_, _>>());
-        let m = |sel: &str, labels: &str| LabelSelector::parse(sel).unwrap().matches(l(labels).as_object());
+        let l = |s: &str| {
+            json!(
+                s.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        (k.to_string(), json!(v))
+                    })
+                    .collect::<Map<_, _>>()
+            )
+        };
+        let m = |sel: &str, labels: &str| {
+            LabelSelector::parse(sel)
+                .unwrap()
+                .matches(l(labels).as_object())
+        };
         assert!(m("", ""));
         assert!(m("app=x", "app=x,b=c"));
         assert!(m("app==x", "app=x"));
@@ -1979,7 +2389,16 @@ mod tests {
         assert!(m("n>3,n<10", "n=5"));
         assert!(m("example.com/team=a", "example.com/team=a"));
         assert!(m("app=", "app="));
-        for bad in ["app in ()", "app=x,", "a b", "app=x y", "-a=b", "n>x", "app in (x", "=x"] {
+        for bad in [
+            "app in ()",
+            "app=x,",
+            "a b",
+            "app=x y",
+            "-a=b",
+            "n>x",
+            "app in (x",
+            "=x",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} parsed");
         }
     }
@@ -1996,12 +2415,27 @@ mod tests {
         assert!(m("spec.nodeName=node-a"));
         assert!(m("spec.nodeName==node-a,metadata.namespace=n"));
         assert!(!m("spec.nodeName!=node-a"));
-        assert!(m("status.phase!=Pending,status.podIP=10.0.0.1,spec.hostNetwork=false"));
+        assert!(m(
+            "status.phase!=Pending,status.podIP=10.0.0.1,spec.hostNetwork=false"
+        ));
         assert!(m("metadata.name=a"));
         assert!(FieldSelector::parse("spec.nodeName").is_err());
-        assert!(FieldSelector::parse("spec.foo=x").unwrap().check(kd).is_err());
-        assert_eq!(FieldSelector::parse(r"metadata.name=a\,b").unwrap().0[0].2, "a,b");
-        assert!(FieldSelector::parse("metadata.namespace=x").unwrap().check(&KINDS[1]).is_err());
+        assert!(
+            FieldSelector::parse("spec.foo=x")
+                .unwrap()
+                .check(kd)
+                .is_err()
+        );
+        assert_eq!(
+            FieldSelector::parse(r"metadata.name=a\,b").unwrap().0[0].2,
+            "a,b"
+        );
+        assert!(
+            FieldSelector::parse("metadata.namespace=x")
+                .unwrap()
+                .check(&KINDS[1])
+                .is_err()
+        );
     }
 
     #[test]
@@ -2009,7 +2443,10 @@ mod tests {
         let mut v = vec!["v1alpha3", "v1", "v1beta1", "v2alpha1"];
         v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
         assert_eq!(v, ["v1", "v1beta1", "v2alpha1", "v1alpha3"]);
-        assert_eq!(decode_continue(&encode_continue(42, "ns/a")), Some((42, "ns/a".to_string())));
+        assert_eq!(
+            decode_continue(&encode_continue(42, "ns/a")),
+            Some((42, "ns/a".to_string()))
+        );
         assert_eq!(now_rfc3339().len(), 20);
     }
 }

@@ -110,7 +110,9 @@ fn rand_u32() -> u32 {
     u32::from_ne_bytes(b)
 }
 
-/// A Pod object of node `node`, running, with `ip` (none for hostNetwork).
+/// A Pod object of node `node`, running, with `ip` (none for hostNetwork):
+/// one argument per field the agent reads.
+#[allow(clippy::too_many_arguments)]
 pub fn pod(
     ns: &str,
     name: &str,

@@ -4,10 +4,10 @@
 //! created with unique names and removed on drop, also when a test fails.
 
 pub mod apiserver;
-pub mod kubelet;
 pub mod attack;
 pub mod bpf;
 pub mod dns;
+pub mod kubelet;
 pub mod server;
 
 use std::fs::File;

@@ -98,7 +98,16 @@ impl Node {
         let uid = kubelet::uid();
         let cg = self.kubelet.start_pod(&uid, "Burstable");
         let ip = pod_v4(i).to_string();
-        self.api.apply(kubelet::pod(ns, name, &uid, NODE, &ip, "Burstable", labels, false));
+        self.api.apply(kubelet::pod(
+            ns,
+            name,
+            &uid,
+            NODE,
+            &ip,
+            "Burstable",
+            labels,
+            false,
+        ));
         Pod {
             place: cg.place(self.net.pods[i].path()),
             cg,
@@ -114,8 +123,12 @@ impl Node {
             .lines()
             .find_map(|l| l.strip_prefix("instance: "))
             .unwrap();
-        PinnedMap::open(&Path::new("/sys/fs/bpf/egress").join(instance).join("EGRESS_WORKLOADS"))
-            .expect("the workloads map is pinned")
+        PinnedMap::open(
+            &Path::new("/sys/fs/bpf/egress")
+                .join(instance)
+                .join("EGRESS_WORKLOADS"),
+        )
+        .expect("the workloads map is pinned")
     }
 }
 
@@ -209,7 +222,9 @@ fn a_pod_from_the_api_is_enforced_with_its_namespaces_view_and_leaves_nothing_wh
     assert!(node.api.delete("Pod", Some(&web.ns), &web.name));
     node.kubelet.stop_pod(&web.cg);
     assert!(
-        wait_until(Duration::from_secs(5), || series(&agent.metrics_text()) == 0).is_some(),
+        wait_until(Duration::from_secs(5), || series(&agent.metrics_text())
+            == 0)
+        .is_some(),
         "series of the deleted pod stay:\n{}",
         agent.metrics_text()
     );
@@ -226,13 +241,17 @@ fn the_pods_entry_leaves_the_kernel_when_it_is_deleted() {
     let agent = node.agent("REGISTRY_ONLY", "", &[]);
     let map = node.workloads_map(&agent);
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || entry_flags(&map, &web.cg.pod).is_some())
-        .expect("enforced");
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &web.cg.pod).is_some()
+    })
+    .expect("enforced");
     // Deleted in the API while its cgroup is still there (the kubelet removes
     // it later): the entry goes with the event.
     node.api.delete("Pod", Some("shop"), "web");
-    wait_until(Duration::from_secs(5), || entry_flags(&map, &web.cg.pod).is_none())
-        .unwrap_or_else(|| panic!("entry stays:\n{}", agent.log_text()));
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &web.cg.pod).is_none()
+    })
+    .unwrap_or_else(|| panic!("entry stays:\n{}", agent.log_text()));
 }
 
 #[test]
@@ -241,8 +260,10 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
     let agent = node.agent("REGISTRY_ONLY", "", &[]);
     let map = node.workloads_map(&agent);
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || entry_flags(&map, &web.cg.pod).is_some())
-        .expect("enforced");
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &web.cg.pod).is_some()
+    })
+    .expect("enforced");
     assert!(!connect_ok(&web.place, VIP), "no entry yet");
 
     node.api.apply(stripe_se(&["198.18.0.11"]));
@@ -254,8 +275,12 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
     // Edited: the endpoint moves to host 2.
     node.api.apply(stripe_se(&["198.18.0.12"]));
     assert!(
-        wait_until(Duration::from_secs(5), || web.place.connect(sa(VIP)).reply.contains("ext2"))
-            .is_some(),
+        wait_until(Duration::from_secs(5), || web
+            .place
+            .connect(sa(VIP))
+            .reply
+            .contains("ext2"))
+        .is_some(),
         "edit not applied"
     );
     // Made invalid: rejected with where, what and why; the last good stays.
@@ -269,7 +294,10 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
         .unwrap_or_else(|| panic!("no rejection naming the object:\n{log}"));
     assert!(line.contains("ports"), "{line}");
     let r = web.place.connect(sa(VIP));
-    assert!(r.ok && r.reply.contains("ext2"), "last good version kept: {r:?}");
+    assert!(
+        r.ok && r.reply.contains("ext2"),
+        "last good version kept: {r:?}"
+    );
     // Deleted: refused again.
     node.api.delete("ServiceEntry", Some("shop"), "legacy");
     assert!(
@@ -286,17 +314,28 @@ fn labels_host_network_and_the_agents_own_pod_are_untouched() {
     let own = node.kubelet.start_pod(&own_uid, "Burstable");
     let agent = node.agent("REGISTRY_ONLY", "", &[("POD_UID", &own_uid)]);
     let map = node.workloads_map(&agent);
-    assert_eq!(entry_flags(&map, &own.pod).map(|f| f & WL_UNTOUCHED), Some(WL_UNTOUCHED));
+    assert_eq!(
+        entry_flags(&map, &own.pod).map(|f| f & WL_UNTOUCHED),
+        Some(WL_UNTOUCHED)
+    );
     let own_place = own.place(node.net.pods[2].path());
-    assert!(connect_ok(&own_place, UNREGISTERED), "the agent's pod is never enforced");
+    assert!(
+        connect_ok(&own_place, UNREGISTERED),
+        "the agent's pod is never enforced"
+    );
 
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || entry_flags(&map, &web.cg.pod).is_some())
-        .expect("enforced");
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &web.cg.pod).is_some()
+    })
+    .expect("enforced");
     assert_eq!(web.place.connect(sa(UNREGISTERED)).errno, EPERM);
 
     // The namespace opts out: untouched (known, not the unknown default).
-    node.api.apply(kubelet::namespace("shop", json!({"egress.dev/enforce": "disabled"})));
+    node.api.apply(kubelet::namespace(
+        "shop",
+        json!({"egress.dev/enforce": "disabled"}),
+    ));
     wait_until(Duration::from_secs(5), || {
         entry_flags(&map, &web.cg.pod).is_some_and(|f| f & WL_UNTOUCHED != 0)
     })
@@ -322,28 +361,58 @@ fn labels_host_network_and_the_agents_own_pod_are_untouched() {
         false,
     ));
     assert!(
-        wait_until(Duration::from_secs(5), || connect_ok(&web.place, UNREGISTERED)).is_some(),
+        wait_until(Duration::from_secs(5), || connect_ok(
+            &web.place,
+            UNREGISTERED
+        ))
+        .is_some(),
         "audit label not applied"
     );
 
     // A hostNetwork pod: untouched.
     let host_uid = kubelet::uid();
     let host = node.kubelet.start_pod(&host_uid, "BestEffort");
-    node.api.apply(kubelet::pod("shop", "node-exporter", &host_uid, NODE, "", "BestEffort", json!({}), true));
+    node.api.apply(kubelet::pod(
+        "shop",
+        "node-exporter",
+        &host_uid,
+        NODE,
+        "",
+        "BestEffort",
+        json!({}),
+        true,
+    ));
     wait_until(Duration::from_secs(5), || {
         entry_flags(&map, &host.pod).is_some_and(|f| f & WL_UNTOUCHED != 0)
     })
     .expect("hostNetwork pod known as untouched");
-    assert!(connect_ok(&host.place(node.net.pods[1].path()), UNREGISTERED));
+    assert!(connect_ok(
+        &host.place(node.net.pods[1].path()),
+        UNREGISTERED
+    ));
 
     // A pod of another node is none of this agent's business: its cgroup (if
     // one were here) stays under the unknown default.
     let far_uid = kubelet::uid();
     let far = node.kubelet.start_pod(&far_uid, "Burstable");
-    node.api.apply(kubelet::pod("shop", "far", &far_uid, "node-b", "198.18.0.3", "Burstable", json!({}), false));
+    node.api.apply(kubelet::pod(
+        "shop",
+        "far",
+        &far_uid,
+        "node-b",
+        "198.18.0.3",
+        "Burstable",
+        json!({}),
+        false,
+    ));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(entry_flags(&map, &far.pod), None);
-    assert_eq!(far.place(node.net.pods[1].path()).connect(sa(UNREGISTERED)).errno, EPERM);
+    assert_eq!(
+        far.place(node.net.pods[1].path())
+            .connect(sa(UNREGISTERED))
+            .errno,
+        EPERM
+    );
 }
 
 #[test]
@@ -358,16 +427,36 @@ fn a_cgroup_before_its_event_and_an_event_before_its_cgroup() {
     let place = cg.place(node.net.pods[0].path());
     assert_eq!(place.connect(sa(UNREGISTERED)).errno, EPERM);
     assert!(!connect_ok(&place, VIP), "the default has an empty view");
-    node.api.apply(kubelet::pod("shop", "web", &uid, NODE, "198.18.0.2", "Burstable", json!({}), false));
+    node.api.apply(kubelet::pod(
+        "shop",
+        "web",
+        &uid,
+        NODE,
+        "198.18.0.2",
+        "Burstable",
+        json!({}),
+        false,
+    ));
     wait_until(Duration::from_secs(5), || connect_ok(&place, VIP)).expect("enforced as shop/web");
 
     // The event first: enforced as soon as the kubelet makes the cgroup.
     let uid2 = kubelet::uid();
-    node.api.apply(kubelet::pod("shop", "late", &uid2, NODE, "198.18.0.3", "Burstable", json!({}), false));
+    node.api.apply(kubelet::pod(
+        "shop",
+        "late",
+        &uid2,
+        NODE,
+        "198.18.0.3",
+        "Burstable",
+        json!({}),
+        false,
+    ));
     std::thread::sleep(Duration::from_millis(200));
     let cg2 = node.kubelet.start_pod(&uid2, "Burstable");
-    let took = wait_until(Duration::from_secs(5), || entry_flags(&map, &cg2.pod).is_some())
-        .unwrap_or_else(|| panic!("never enforced:\n{}", agent.log_text()));
+    let took = wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &cg2.pod).is_some()
+    })
+    .unwrap_or_else(|| panic!("never enforced:\n{}", agent.log_text()));
     eprintln!("cgroup made to kernel map entry: {took:?}");
     assert!(connect_ok(&cg2.place(node.net.pods[1].path()), VIP));
 }
@@ -386,14 +475,22 @@ fn an_api_outage_keeps_the_last_good_state_and_the_relist_drops_what_went() {
     assert!(log.contains("watch down"), "{log}");
     assert!(
         wait_until(Duration::from_secs(10), || {
-            metric_sum(&agent.metrics_text(), "egress_kubernetes_watch_up", &[("resource", "pods")]) == 0.0
+            metric_sum(
+                &agent.metrics_text(),
+                "egress_kubernetes_watch_up",
+                &[("resource", "pods")],
+            ) == 0.0
         })
         .is_some()
     );
     // Nothing lost: the pod and its entry stay enforced.
     assert!(connect_ok(&web.place, VIP));
     assert_eq!(web.place.connect(sa(UNREGISTERED)).errno, EPERM);
-    assert_eq!(agent.get("/readyz").map(|r| r.0), Some(200), "ready stays: the state is good");
+    assert_eq!(
+        agent.get("/readyz").map(|r| r.0),
+        Some(200),
+        "ready stays: the state is good"
+    );
 
     // While it is down: the entry is deleted, a pod is added, and the history
     // is compacted (the watch's resume gets 410 Gone and lists again).
@@ -401,15 +498,33 @@ fn an_api_outage_keeps_the_last_good_state_and_the_relist_drops_what_went() {
     let late = node.add_pod(1, "shop", "late", json!({}));
     node.api.compact();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(connect_ok(&web.place, VIP), "nothing changes while the API is away");
+    assert!(
+        connect_ok(&web.place, VIP),
+        "nothing changes while the API is away"
+    );
     node.api.restart();
-    wait_until(Duration::from_secs(10), || entry_flags(&map, &late.cg.pod).is_some())
-        .unwrap_or_else(|| panic!("pod added during the outage never enforced:\n{}", agent.log_text()));
-    wait_until(Duration::from_secs(10), || !connect_ok(&web.place, VIP))
-        .unwrap_or_else(|| panic!("entry deleted during the outage still enforced:\n{}", agent.log_text()));
+    wait_until(Duration::from_secs(10), || {
+        entry_flags(&map, &late.cg.pod).is_some()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "pod added during the outage never enforced:\n{}",
+            agent.log_text()
+        )
+    });
+    wait_until(Duration::from_secs(10), || !connect_ok(&web.place, VIP)).unwrap_or_else(|| {
+        panic!(
+            "entry deleted during the outage still enforced:\n{}",
+            agent.log_text()
+        )
+    });
     assert!(
         wait_until(Duration::from_secs(10), || {
-            metric_sum(&agent.metrics_text(), "egress_kubernetes_watch_up", &[("resource", "pods")]) == 1.0
+            metric_sum(
+                &agent.metrics_text(),
+                "egress_kubernetes_watch_up",
+                &[("resource", "pods")],
+            ) == 1.0
         })
         .is_some()
     );
@@ -422,7 +537,8 @@ fn istio_served_at_v1alpha3_only_and_the_mesh_configmap_sets_the_policy() {
     let mut se = stripe_se(&["198.18.0.11"]);
     se["apiVersion"] = json!("networking.istio.io/v1alpha3");
     node.api.apply(se);
-    node.api.apply(kubelet::namespace("istio-system", json!({})));
+    node.api
+        .apply(kubelet::namespace("istio-system", json!({})));
     node.api.apply(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "istio", "namespace": "istio-system"},
@@ -431,23 +547,33 @@ fn istio_served_at_v1alpha3_only_and_the_mesh_configmap_sets_the_policy() {
     // The agent's own setting is ALLOW_ANY: Istio's ConfigMap wins.
     let agent = node.agent("ALLOW_ANY", "", &[]);
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || connect_ok(&web.place, VIP)).expect("v1alpha3 entry enforced");
+    wait_until(Duration::from_secs(5), || connect_ok(&web.place, VIP))
+        .expect("v1alpha3 entry enforced");
     assert_eq!(web.place.connect(sa(UNREGISTERED)).errno, EPERM);
-    assert!(agent.log_text().contains("version=\"v1alpha3\"") || agent.log_text().contains("version=v1alpha3"));
+    assert!(
+        agent.log_text().contains("version=\"v1alpha3\"")
+            || agent.log_text().contains("version=v1alpha3")
+    );
     // The ConfigMap switches to ALLOW_ANY, then a broken one keeps it.
     node.api.apply(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "istio", "namespace": "istio-system"},
         "data": {"mesh": "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n"}
     }));
-    wait_until(Duration::from_secs(5), || connect_ok(&web.place, UNREGISTERED)).expect("ALLOW_ANY");
+    wait_until(Duration::from_secs(5), || {
+        connect_ok(&web.place, UNREGISTERED)
+    })
+    .expect("ALLOW_ANY");
     node.api.apply(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "istio", "namespace": "istio-system"},
         "data": {"mesh": "outboundTrafficPolicy: [not, a, map\n"}
     }));
     agent.wait_log("data.mesh does not read", Duration::from_secs(5));
-    assert!(connect_ok(&web.place, UNREGISTERED), "last good settings stay");
+    assert!(
+        connect_ok(&web.place, UNREGISTERED),
+        "last good settings stay"
+    );
     // Deleted: the agent's own setting (ALLOW_ANY) again; still allowed.
     node.api.delete("ConfigMap", Some("istio-system"), "istio");
     std::thread::sleep(Duration::from_millis(200));
@@ -467,7 +593,10 @@ fn a_restart_enforces_the_pinned_state_before_the_api_answers() {
     node.api.stop();
     let (path, metrics) = (first.config.clone(), first.metrics);
     let mut second = Agent::spawn_with_env(&path, metrics, None, &[]);
-    second.wait_log("until the API server's initial lists are in", Duration::from_secs(20));
+    second.wait_log(
+        "until the API server's initial lists are in",
+        Duration::from_secs(20),
+    );
     // Enforcing the adopted state, not ready.
     assert!(connect_ok(&web.place, VIP));
     assert_eq!(web.place.connect(sa(UNREGISTERED)).errno, EPERM);
@@ -477,4 +606,150 @@ fn a_restart_enforces_the_pinned_state_before_the_api_answers() {
     second.wait_ready(Duration::from_secs(20));
     assert!(connect_ok(&web.place, VIP));
     drop(first);
+}
+
+#[test]
+fn a_routed_pod_gets_its_interface_from_the_nodes_routes() {
+    // The agent in the node's network namespace, as on a node: the API server
+    // listens on that namespace's loopback.
+    let node_ns = Net::with_pods(0, 1);
+    let ns_path = node_ns.node.path();
+    let api = {
+        let p = ns_path.clone();
+        std::thread::spawn(move || {
+            enter_netns(&p);
+            ApiServer::start()
+        })
+        .join()
+        .unwrap()
+    };
+    // A pod routed as Calico or the ptp plugin do: a veth with no bridge, a
+    // host route to the pod's /32 on the node, the pod's default route on its
+    // link, answered by the node's proxy ARP.
+    let pod_ns = Netns::new(&format!("{}r", unique("eg")));
+    sh(
+        "ip",
+        &[
+            "-n",
+            &node_ns.node.name,
+            "link",
+            "add",
+            "vr0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod_ns.name,
+        ],
+    );
+    node_ns.node.ip(&["link", "set", "vr0", "up"]);
+    node_ns
+        .node
+        .ip(&["route", "add", "198.18.1.2/32", "dev", "vr0"]);
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node_ns.node.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.vr0.proxy_arp=1",
+        ],
+    );
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node_ns.node.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    );
+    pod_ns.ip(&["addr", "add", "198.18.1.2/32", "dev", "eth0"]);
+    pod_ns.ip(&["link", "set", "eth0", "up"]);
+    pod_ns.ip(&["route", "add", "default", "dev", "eth0"]);
+    node_ns
+        .ext(1)
+        .ip(&["route", "add", "198.18.1.0/24", "via", NODE_V4]);
+    let server = Server::start(node_ns.ext(1), sa("0.0.0.0:8080"), "ext1");
+    // The network works before any agent.
+    let outside = Place {
+        netns: pod_ns.path(),
+        cgroup: None,
+    };
+    let r = outside.connect(sa("198.18.0.11:8080"));
+    assert!(r.ok, "routed pod network: {r:?}");
+
+    let kubelet = Kubelet::new();
+    let dir = tempfile::tempdir().unwrap();
+    api.apply(kubelet::namespace("shop", json!({})));
+    api.apply(stripe_se(&["198.18.0.11"]));
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let metrics = sa("127.0.0.1:9464");
+    let instance = kubelet
+        .root
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\nmetricsAddress: {metrics}\ninstance: {instance}\n\
+             stateDir: state\nkubernetes:\n  nodeName: {NODE}\n  kubeconfig: {}\n  cgroupRoot: {}\n  \
+             cgroupDriver: systemd\n",
+            kubeconfig.display(),
+            kubelet.root.path.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&config, metrics, Some(&ns_path));
+    let uid = kubelet::uid();
+    let cg = kubelet.start_pod(&uid, "Burstable");
+    api.apply(kubelet::pod(
+        "shop",
+        "routed",
+        &uid,
+        NODE,
+        "198.18.1.2",
+        "Burstable",
+        json!({}),
+        false,
+    ));
+    let place = cg.place(pod_ns.path());
+    wait_until(Duration::from_secs(5), || connect_ok(&place, VIP))
+        .unwrap_or_else(|| panic!("routed pod not enforced:\n{}", agent.log_text()));
+    // The traffic line is on the pod's own link: one interface, bytes counted
+    // for the pod.
+    let sent = |text: &str| {
+        metric_sum(
+            text,
+            "egress_sent_bytes_total",
+            &[("source_workload", "routed")],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            // Traffic after the interface line is attached (at most a second
+            // after the pod) is counted there.
+            let _ = connect_ok(&place, VIP);
+            let text = agent.metrics_text();
+            metric_sum(&text, "egress_traffic_interfaces", &[]) == 1.0 && sent(&text) > 0.0
+        })
+        .is_some(),
+        "no counters from vr0:\n{}",
+        agent.metrics_text()
+    );
+    assert!(server.hit_count() >= 1);
+    assert_eq!(place.connect(sa(UNREGISTERED)).errno, EPERM);
+    drop(agent);
+    drop(api);
 }

@@ -33,6 +33,10 @@ struct Plan {
     update_samples: usize,
     load_scales: Vec<usize>,
     dns_count: u64,
+    /// Kubernetes mode: ServiceEntries and pods through the API server.
+    k8s_entries: usize,
+    k8s_pods: usize,
+    k8s_samples: usize,
 }
 
 impl Plan {
@@ -50,6 +54,9 @@ impl Plan {
                 update_samples: 5,
                 load_scales: vec![1000],
                 dns_count: 2000,
+                k8s_entries: 500,
+                k8s_pods: 20,
+                k8s_samples: 10,
             }
         } else {
             Self {
@@ -64,6 +71,9 @@ impl Plan {
                 update_samples: 20,
                 load_scales: vec![10_000, 100_000],
                 dns_count: 20_000,
+                k8s_entries: 10_000,
+                k8s_pods: 250,
+                k8s_samples: 100,
             }
         }
     }
@@ -633,6 +643,182 @@ fn update_latency(bins: &Bins, plan: &Plan, n: usize) -> Result<(Vec<f64>, Start
     Ok((samples, started))
 }
 
+/// Kubernetes mode against the test API server (the wire protocol kube-rs
+/// speaks to a real one): `k8s_entries` ServiceEntries and `k8s_pods` pods on
+/// the node; time to ready, memory, a pod's event to its kernel map entry, and
+/// a ServiceEntry's creation to the first connect through its VIP.
+fn kubernetes_bench(bins: &Bins, plan: &Plan) -> Result<Value> {
+    use egress_tests::apiserver::ApiServer;
+    use egress_tests::kubelet::{self, Kubelet};
+    let w = World::new(bins, false)?;
+    let kubelet = Kubelet::new();
+    let api = ApiServer::start();
+    let node = "bench-node";
+    api.apply(kubelet::namespace("bench", json!({})));
+    let se = |name: &str, vip: &str, backend: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+               "metadata": {"name": name, "namespace": "bench"},
+               "spec": {"hosts": [format!("{name}.bench.example")], "addresses": [vip],
+                        "resolution": "STATIC",
+                        "ports": [{"number": 80, "name": "tcp", "protocol": "TCP", "targetPort": 7000}],
+                        "endpoints": [{"address": backend}]}})
+    };
+    for i in 0..plan.k8s_entries {
+        let vip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        api.apply(se(
+            &format!("svc{i}"),
+            &vip,
+            &format!("192.0.2.{}", i % 250 + 1),
+        ));
+    }
+    // The pods of the node: the client (in the bench pod's namespace) and
+    // others that only hold cgroups.
+    let client_uid = kubelet::uid();
+    let client_cg = kubelet.start_pod(&client_uid, "Burstable");
+    api.apply(kubelet::pod(
+        "bench",
+        "client",
+        &client_uid,
+        node,
+        "198.18.0.2",
+        "Burstable",
+        json!({}),
+        false,
+    ));
+    for i in 1..plan.k8s_pods {
+        let uid = kubelet::uid();
+        kubelet.start_pod(&uid, "BestEffort");
+        api.apply(kubelet::pod(
+            "bench",
+            &format!("pod{i}"),
+            &uid,
+            node,
+            "",
+            "BestEffort",
+            json!({}),
+            false,
+        ));
+    }
+    let kubeconfig = w.dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let port = egress_tests::free_port();
+    let instance = kubelet
+        .root
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let config = w.dir.join("agent-k8s.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+metricsAddress: 127.0.0.1:{port}
+instance: {instance}
+             stateDir: state
+accessLog: {{path: access.log}}
+kubernetes:
+  nodeName: {node}
+               kubeconfig: {}
+  cgroupRoot: {}
+  cgroupDriver: systemd
+",
+            kubeconfig.display(),
+            kubelet.root.path.display()
+        ),
+    )?;
+    let t = Instant::now();
+    let agent = Agent::start(&config, format!("127.0.0.1:{port}").parse()?, None);
+    let ready_s = t.elapsed().as_secs_f64();
+    let map = egress_tests::bpf::PinnedMap::open(
+        &Path::new("/sys/fs/bpf/egress")
+            .join(&instance)
+            .join("EGRESS_WORKLOADS"),
+    )
+    .context("the workloads map is pinned")?;
+    let entry = |cg: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(cg)
+            .ok()
+            .and_then(|m| map.lookup(&m.ino().to_ne_bytes(), 16))
+            .is_some()
+    };
+    if !entry(&client_cg.pod) {
+        bail!("kubernetes: the client pod is not enforced once ready");
+    }
+    // A pod's event to its entry in the kernel.
+    let mut pod_ms = Vec::new();
+    for k in 0..plan.k8s_samples {
+        let uid = kubelet::uid();
+        let cg = kubelet.start_pod(&uid, "Burstable");
+        let t0 = Instant::now();
+        api.apply(kubelet::pod(
+            "bench",
+            &format!("new{k}"),
+            &uid,
+            node,
+            "",
+            "Burstable",
+            json!({}),
+            false,
+        ));
+        while !entry(&cg.pod) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("kubernetes: pod new{k} never enforced");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        pod_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        api.delete("Pod", Some("bench"), &format!("new{k}"));
+        kubelet.stop_pod(&cg);
+    }
+    // A ServiceEntry's creation to the first connect through its VIP.
+    let place = client_cg.place(w.net.pod().path());
+    let mut se_ms = Vec::new();
+    for k in 0..plan.update_samples {
+        let vip = format!("240.240.202.{}", k + 1);
+        let waiter = place
+            .command(&bins.bench)
+            .args(["wait", &format!("{vip}:80"), "10000"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(150));
+        let t0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as f64;
+        api.apply(se(&format!("new{k}"), &vip, SERVER));
+        let out = waiter.wait_with_output()?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        if v["ok"] != true {
+            bail!("kubernetes: the new VIP never worked: {v}");
+        }
+        se_ms.push((num(&v, "t_ns") - t0) / 1e6);
+    }
+    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let out = json!({
+        "entries": plan.k8s_entries, "pods": plan.k8s_pods, "ready_s": ready_s,
+        "rss_mib": mib("VmRSS:"), "hwm_mib": mib("VmHWM:"),
+        "pod_event_p50_ms": percentile(&mut pod_ms, 0.5), "pod_event_p99_ms": percentile(&mut pod_ms, 0.99),
+        "pod_event_samples": pod_ms,
+        "se_change_p50_ms": percentile(&mut se_ms, 0.5), "se_change_p99_ms": percentile(&mut se_ms, 0.99),
+        "se_change_samples": se_ms,
+    });
+    eprintln!("bench:   {out}");
+    drop(agent);
+    Ok(out)
+}
+
 /// DNS proxy latency and rate: direct to the upstream vs through the proxy, for a
 /// VIP answer and a forwarded name.
 fn dns_bench(bins: &Bins, plan: &Plan) -> Result<BTreeMap<String, Value>> {
@@ -789,7 +975,11 @@ pub fn bench(quick: bool) -> Result<()> {
     eprintln!("bench: dns");
     let dns = dns_bench(&bins, &plan)?;
 
-    // 6. Per-program cost of every layer.
+    // 6. Kubernetes mode.
+    eprintln!("bench: kubernetes");
+    let kubernetes = kubernetes_bench(&bins, &plan)?;
+
+    // 7. Per-program cost of every layer.
     eprintln!("bench: per-program profile");
     let profile = profile(&bins, &plan)?;
     let previous = if quick { None } else { previous_ratios() };
@@ -805,6 +995,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "updates": updates,
         "loads": loads,
         "dns": dns,
+        "kubernetes": kubernetes,
         "profile": profile,
         "previous": previous,
     });

@@ -198,7 +198,12 @@ pub fn name_of(index: u32) -> Option<String> {
 pub fn pod_interface(ip: std::net::IpAddr) -> Option<String> {
     let index = direct_route_oif(ip).ok()??;
     let name = name_of(index)?;
-    if name == "lo" || Path::new("/sys/class/net").join(&name).join("bridge").exists() {
+    if name == "lo"
+        || Path::new("/sys/class/net")
+            .join(&name)
+            .join("bridge")
+            .exists()
+    {
         return None;
     }
     Some(name)

@@ -74,10 +74,7 @@ pub fn workloads(
         if !seen.insert(cgroup.clone()) {
             continue;
         }
-        let audit = matches!(
-            label(pod, ns_labels, AUDIT_LABEL),
-            Some("enabled" | "true")
-        );
+        let audit = matches!(label(pod, ns_labels, AUDIT_LABEL), Some("enabled" | "true"));
         let mut ips = pod.ips.clone();
         ips.dedup();
         // hostNetwork pods share the node's addresses and links.
@@ -110,9 +107,8 @@ pub fn pod_cgroup(
     qos: Option<Qos>,
     uid: &str,
 ) -> std::path::PathBuf {
-    cgroups::find_pod_cgroup(root, uid, qos).unwrap_or_else(|| {
-        cgroups::pod_cgroup(root, driver, qos.unwrap_or(Qos::BestEffort), uid)
-    })
+    cgroups::find_pod_cgroup(root, uid, qos)
+        .unwrap_or_else(|| cgroups::pod_cgroup(root, driver, qos.unwrap_or(Qos::BestEffort), uid))
 }
 
 #[cfg(test)]

@@ -131,14 +131,17 @@ impl Cluster {
     pub fn initial_lists_done(&self) -> bool {
         !self.started.is_empty()
             && self.started.is_subset(&self.listed)
-            && ISTIO_KINDS
-                .iter()
-                .all(|(_, plural)| self.started.contains(*plural) || self.not_served.contains(plural))
+            && ISTIO_KINDS.iter().all(|(_, plural)| {
+                self.started.contains(*plural) || self.not_served.contains(plural)
+            })
     }
 
     /// Every Istio resource's read, for the store.
     pub fn istio_reads(&self) -> Vec<Arc<Read>> {
-        self.istio.values().flat_map(|m| m.values().cloned()).collect()
+        self.istio
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
     }
 }
 
@@ -381,7 +384,9 @@ impl Shared {
                         let fresh = init.take().unwrap_or_default();
                         let m = map(&mut c);
                         let changed = m.len() != fresh.len()
-                            || m.iter().zip(&fresh).any(|((a, x), (b, y))| a != b || !x.same(y));
+                            || m.iter()
+                                .zip(&fresh)
+                                .any(|((a, x), (b, y))| a != b || !x.same(y));
                         *m = fresh;
                         let first = c.listed.insert(name.to_owned());
                         if first {
@@ -568,7 +573,12 @@ mod tests {
                      "resolution": "DNS"}
         }))
         .unwrap();
-        let read = Versioned::read("networking.istio.io/v1", "serviceentries", o, &Context::default());
+        let read = Versioned::read(
+            "networking.istio.io/v1",
+            "serviceentries",
+            o,
+            &Context::default(),
+        );
         assert_eq!(read.entries.len(), 1);
         assert!(read.entries[0].valid);
         let bad: DynamicObject = serde_json::from_value(serde_json::json!({
@@ -579,9 +589,18 @@ mod tests {
                      "resolution": "DNS"}
         }))
         .unwrap();
-        let read = Versioned::read("networking.istio.io/v1", "serviceentries", bad, &Context::default());
+        let read = Versioned::read(
+            "networking.istio.io/v1",
+            "serviceentries",
+            bad,
+            &Context::default(),
+        );
         assert!(!read.entries[0].valid);
-        let f = read.findings.iter().find(|f| f.level == crate::istio::Level::Error).unwrap();
+        let f = read
+            .findings
+            .iter()
+            .find(|f| f.level == crate::istio::Level::Error)
+            .unwrap();
         let text = f.to_string();
         assert!(
             text.contains("/apis/networking.istio.io/v1/namespaces/shop/serviceentries/broken"),

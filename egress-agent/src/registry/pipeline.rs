@@ -99,3 +99,64 @@ pub fn build_registry(
     let sidecars = store.sidecars().map(|s| s.as_ref().clone()).collect();
     (Registry { services, sidecars }, memory)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::istio::{Documents, parse_file};
+    use std::path::Path;
+
+    fn store_of(text: &str) -> Store {
+        let mut docs = Documents::default();
+        parse_file(Path::new("se.yaml"), text, &mut docs);
+        let mut store = Store::default();
+        store.load(&docs, &Default::default());
+        store
+    }
+
+    fn vips(r: &Registry) -> Vec<(String, Vec<std::net::IpAddr>)> {
+        let mut v: Vec<_> = r
+            .services
+            .iter()
+            .map(|s| (s.host.clone(), s.auto_vips.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    const TWO: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: {name: a, namespace: shop, creationTimestamp: '2026-01-01T00:00:00Z'}\n\
+        spec: {hosts: [a.example], resolution: DNS, ports: [{number: 443, name: tls, protocol: TLS}]}\n---\n\
+        apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: {name: b, namespace: shop, creationTimestamp: '2026-01-02T00:00:00Z'}\n\
+        spec: {hosts: [b.example], resolution: DNS, ports: [{number: 443, name: tls, protocol: TLS}]}\n";
+
+    #[test]
+    fn kubernetes_mode_vips_depend_on_the_cluster_not_on_what_this_node_remembers() {
+        let file = Config::parse(Path::new("a.yaml"), "cgroupPath: /x\n").unwrap();
+        let k8s = Config::parse(
+            Path::new("a.yaml"),
+            "kubernetes: {nodeName: n, cgroupRoot: /x, cgroupDriver: systemd}\n",
+        )
+        .unwrap();
+        let store = store_of(TWO);
+        // What a node that saw other things first would remember.
+        let mut remembered = Remembered::new();
+        remembered.insert("shop/a.example".into(), 7);
+        let (fresh, _) = build_registry(&k8s, &store, &Remembered::new());
+        let (with_memory, _) = build_registry(&k8s, &store, &remembered);
+        assert_eq!(vips(&fresh), vips(&with_memory));
+        assert!(vips(&fresh).iter().all(|(_, v)| v.len() == 2));
+        // The file mode keeps what it remembered (stable across restarts).
+        let (file_mode, _) = build_registry(&file, &store, &remembered);
+        assert_ne!(vips(&file_mode), vips(&fresh));
+        // The same resources in another order (another node's list order).
+        let reversed: String = {
+            let mut docs: Vec<&str> = TWO.split("---\n").collect();
+            docs.reverse();
+            docs.join("---\n")
+        };
+        let (other_order, _) = build_registry(&k8s, &store_of(&reversed), &Remembered::new());
+        assert_eq!(vips(&fresh), vips(&other_order));
+    }
+}
