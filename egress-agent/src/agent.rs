@@ -946,7 +946,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         })?),
         None => None,
     };
-    let (loaded, maps, telemetry) = loader::load(LoadOptions {
+    let (loaded, mut maps, telemetry) = loader::load(LoadOptions {
         fail_open: config.fail_open,
         event_interval_ns: interval_ns,
         event_burst_ns: interval_ns * u64::from(config.access_log.burst),
@@ -958,7 +958,18 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             .map_or(0, |d| d.proxy.queries_per_second),
     })?;
     // What an earlier agent left enforcing: the sync below is a diff against it.
-    let kernel = maps.read()?;
+    let mut kernel = maps.read()?;
+    if !loaded.adoption.adopted_maps.is_empty() {
+        // An adopted state holds every cgroup it does not know to the default,
+        // this agent's new pod among them: known and untouched before anything.
+        let own: Vec<u64> = own_workloads(&config)
+            .iter()
+            .filter_map(|w| workloads::cgroup_id(&w.cgroup).ok())
+            .collect();
+        for (id, v) in maps.put_untouched(&own)? {
+            kernel.workloads.insert(id, v);
+        }
+    }
     let adopted_entries = kernel.entries();
     let syncer = Syncer::adopt(kernel);
     let adopted = !loaded.adoption.adopted_maps.is_empty();

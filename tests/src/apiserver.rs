@@ -29,9 +29,19 @@
 //! - built-in kinds' list items carry no `kind`/`apiVersion` (as the real server encodes
 //!   typed lists), custom resources' items do; single objects and watch events always do;
 //! - an update that changes nothing is a no-op (no new resourceVersion, no event);
-//!   namespaces get the `kubernetes.io/metadata.name` label and `status.phase: Active`;
+//!   uid and creationTimestamp are kept across updates; custom resources count spec
+//!   changes in `metadata.generation` (the built-in kinds here have none); namespaces
+//!   get the `kubernetes.io/metadata.name` label and `status.phase: Active`;
 //! - `POST`/`PUT`/`PATCH` (merge patch; strategic merge patch handled as a merge patch)
-//!   and `DELETE` of single objects, so `kubectl apply/delete` work; other verbs 405.
+//!   and `DELETE` of single objects, so `kubectl apply/delete` work; creating in a
+//!   namespace that does not exist is a 404 (NamespaceLifecycle); other verbs 405;
+//!   protobuf bodies (kubectl's typed `create` generators send them) a 415 Status;
+//!   `/openapi/v2` asked in protobuf is an empty (valid) protobuf document, which is
+//!   what kubectl's client-side validation needs.
+//!
+//! Not done: server-side `Table`s (kubectl falls back to NAME/AGE columns), protobuf,
+//! server-side apply, JSON patch, subresources (`/status`), graceful deletion (apply a
+//! `deletionTimestamp`, then delete, to play it), admission and defaulting.
 //!
 //! The bearer token is ignored. [`ApiServer::stop`] is an API outage: the port refuses
 //! connections and every open connection and watch is cut; [`ApiServer::restart`]
@@ -2088,6 +2098,7 @@ fn bind_port(port: u16) -> socket2::Socket {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
     s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.set_reuse_port(true).expect("SO_REUSEPORT");
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     s.bind(&addr.into())
         .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
@@ -2283,8 +2294,18 @@ impl ApiServer {
     /// An API outage: the port refuses connections and every open connection and
     /// watch is cut. Returns once all are closed.
     pub fn stop(&self) {
+        self.halt(true);
+    }
+
+    fn halt(&self, keep_port: bool) {
         let mut listener = lock(&self.listener);
         let Some(task) = listener.take() else { return };
+        // Keep the port: bound (SO_REUSEPORT beside the listener), not listening. Taken
+        // before the listener closes, so that no outgoing connection of another test
+        // gets it as its ephemeral port in between.
+        if keep_port {
+            *lock(&self.reserved) = Some(bind_port(self.inner.port));
+        }
         task.abort();
         for (_, c) in lock(&self.inner.conns).iter() {
             c.abort();
@@ -2297,8 +2318,6 @@ impl ApiServer {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Keep the port: bound, not listening.
-        *lock(&self.reserved) = Some(bind_port(self.inner.port));
     }
 
     /// Listens again on the same port, with the same objects and history.
@@ -2341,7 +2360,7 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.stop();
+        self.halt(false);
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }

@@ -1371,3 +1371,30 @@ for ev in w.stream(v1.list_namespaced_pod, namespace="pywatch", resource_version
         "{reqs:#?}"
     );
 }
+
+#[test]
+fn stop_and_restart_keep_the_port_and_the_state() {
+    let s = ApiServer::start();
+    let rv = s.apply(pod("k", "a", "node-a", json!({})));
+    for _ in 0..50 {
+        let (mut w, head) = Raw::get(&s, &format!("/api/v1/pods?watch=true&resourceVersion={rv}"));
+        assert_eq!(head.status, 200);
+        wait_until("the watch", Duration::from_secs(5), || s.watchers() == 1);
+        s.stop();
+        assert_eq!(s.watchers(), 0);
+        assert!(w.chunk().is_err(), "the open watch is cut");
+        let refused = TcpStream::connect(("127.0.0.1", s.port())).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        s.stop(); // twice is harmless
+        s.restart();
+        let (mut c, head) = Raw::get(&s, "/api/v1/namespaces/k/pods/a");
+        assert_eq!(head.status, 200);
+        assert_eq!(c.body(&head)["metadata"]["resourceVersion"], rv.to_string());
+    }
+    let listing = s
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/namespaces/k/pods/a"))
+        .count();
+    assert_eq!(listing, 50);
+}

@@ -592,10 +592,28 @@ fn a_restart_enforces_the_pinned_state_before_the_api_answers() {
     first.signal_and_wait(libc::SIGKILL);
     node.api.stop();
     let (path, metrics) = (first.config.clone(), first.metrics);
-    let mut second = Agent::spawn_with_env(&path, metrics, None, &[]);
+    // The new agent's pod (a rolling update): the adopted state does not know
+    // it, and must not hold it to the fail-closed default.
+    let own_uid = kubelet::uid();
+    let own = node.kubelet.start_pod(&own_uid, "Burstable");
+    let own_place = own.place(node.net.pods[2].path());
+    assert_eq!(
+        own_place.connect(sa(UNREGISTERED)).errno,
+        EPERM,
+        "unknown: the default"
+    );
+    let mut second = Agent::spawn_with_env(&path, metrics, None, &[("POD_UID", &own_uid)]);
     second.wait_log(
         "until the API server's initial lists are in",
         Duration::from_secs(20),
+    );
+    assert_eq!(
+        entry_flags(&map, &own.pod).map(|f| f & WL_UNTOUCHED),
+        Some(WL_UNTOUCHED)
+    );
+    assert!(
+        connect_ok(&own_place, UNREGISTERED),
+        "the agent's own pod is never enforced"
     );
     // Enforcing the adopted state, not ready.
     assert!(connect_ok(&web.place, VIP));

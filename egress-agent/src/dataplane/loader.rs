@@ -755,6 +755,28 @@ fn removed(r: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), 
 }
 
 impl PolicyMaps {
+    /// Marks cgroups as known and untouched before any sync (Kubernetes mode:
+    /// the agent's own pod, which an adopted state would otherwise hold to the
+    /// fail-closed default — and so cut from the API server it waits for).
+    /// Returns the entries written, for the syncer's view of the kernel.
+    pub fn put_untouched(
+        &mut self,
+        cgroups: &[u64],
+    ) -> Result<Vec<(u64, WorkloadValue)>, SyncError> {
+        let value = WorkloadValue {
+            workload_id: 0,
+            view_id: 0,
+            flags: egress_common::WL_UNTOUCHED,
+            _pad: 0,
+        };
+        for id in cgroups {
+            self.workloads
+                .insert(id, value, 0)
+                .map_err(map_err("write", WORKLOADS_MAP))?;
+        }
+        Ok(cgroups.iter().map(|id| (*id, value)).collect())
+    }
+
     /// Reads what the kernel holds (an adopted dataplane), for [`crate::dataplane::sync::Syncer::adopt`].
     pub fn read(&self) -> Result<crate::dataplane::sync::KernelState, SyncError> {
         let e = |map| map_err("read", map);
