@@ -254,6 +254,30 @@ for f in "$HERE"/manifests/*.yaml; do
 done
 SHOW=1 check "validate" "$PY" "$HERE/validate.py" "${vargs[@]}"
 
+say "the agent reads the rendered agent.yaml (egress-agent validate --config)"
+AGENT_BIN=${EGRESS_AGENT_BIN:-$REPO/target/debug/egress-agent}
+if [[ -x $AGENT_BIN ]]; then
+  agent_reads() {
+    local name=$1
+    # The systemd driver named: "auto" looks for the kubelet's cgroups, which
+    # this machine has none of.
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "${@:2}" \
+      --set cgroupDriver=systemd --show-only templates/configmap.yaml >"$OUT/$name-cm.yaml"
+    "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["agent.yaml"], end="")' \
+      "$OUT/$name-cm.yaml" >"$OUT/$name-agent.yaml"
+    NODE_NAME=node-a HOST_IP=10.0.0.7 POD_UID=00000000-0000-0000-0000-000000000001 \
+      "$AGENT_BIN" validate --config "$OUT/$name-agent.yaml"
+  }
+  for s in "${sets[@]}"; do
+    IFS='|' read -r name values kube <<<"$s"
+    mapfile -t args < <(set_args "$values" "$kube")
+    check "agent-reads-$name" agent_reads "$name" "${args[@]}"
+  done
+else
+  echo "  no agent binary at $AGENT_BIN (build it first, or set EGRESS_AGENT_BIN): not checked"
+  skipped=$((skipped + 1))
+fi
+
 say "values the chart must refuse"
 refuse "refuse-mode" "at '/mode': value must be one of 'ALLOW_ANY', 'REGISTRY_ONLY'" \
   "$HELM" template "$RELEASE" "$CHART" --set mode=DENY_ALL

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, OnExit};
-use crate::dataplane::compile::{Ids, compile, dns_names};
+use crate::dataplane::compile::{Ids, dns_names};
 use crate::dataplane::loader::{self, LoadOptions};
 use crate::dataplane::sync::Syncer;
 use crate::dataplane::workloads::{self, Workload};
@@ -144,6 +144,13 @@ struct State {
     /// The one owner of the loaded programs and every map.
     owner: crate::dataplane::owner::Owner,
     catalog: Arc<RwLock<Catalog>>,
+    /// What the registry compiled to last, and the generation of its inputs
+    /// (services, Sidecars, configuration, resolved addresses): a sync that
+    /// only workloads changed reuses it.
+    registry_cache: crate::dataplane::compile::RegistryCache,
+    registry_gen: u64,
+    /// Tells the writer of the catalog file (for `inspect`) it changed.
+    catalog_dirty: std::sync::mpsc::SyncSender<()>,
     metrics: Arc<Metrics>,
     /// Answers of DNS endpoints, kept current by the resolver task.
     resolved: Arc<RwLock<Resolved>>,
@@ -169,14 +176,17 @@ impl State {
         }
         let started = Instant::now();
         let resolved = self.resolved.read().expect("resolved lock").clone();
-        let desired = compile(
+        let desired = crate::dataplane::compile::compile_cached(
             &self.config,
             &self.registry.services,
             &self.registry.sidecars,
             &self.workloads,
             &resolved,
             &mut self.ids,
+            &mut self.registry_cache,
+            Some(self.registry_gen),
         );
+        let compiled = started.elapsed();
         self.dns_tables.send_if_modified(|t| {
             if **t == desired.dns_tables {
                 false
@@ -194,11 +204,25 @@ impl State {
             }
         }
         let catalog = self.ids.catalog();
-        if let Err(e) = catalog.write(&self.config.catalog_file()) {
-            warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
-        }
         let old_catalog =
             std::mem::replace(&mut *self.catalog.write().expect("catalog lock"), catalog);
+        // Written apart once running: a large registry's catalog is not on a
+        // pod's path. Before ready, here: `inspect` finds it at once.
+        if self
+            .metrics
+            .ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self.catalog_dirty.try_send(());
+        } else if let Err(e) = self
+            .catalog
+            .read()
+            .expect("catalog lock")
+            .write(&self.config.catalog_file())
+        {
+            warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
+        }
+        let prepared = started.elapsed();
         let result = self
             .owner
             .apply(
@@ -232,6 +256,9 @@ impl State {
                         written = st.written,
                         deleted = st.deleted,
                         micros = elapsed.as_micros() as u64,
+                        compile_us = compiled.as_micros() as u64,
+                        files_us = (prepared - compiled).as_micros() as u64,
+                        apply_us = (elapsed - prepared).as_micros() as u64,
                         "dataplane synced"
                     );
                 }
@@ -338,6 +365,7 @@ impl State {
             });
         }
         self.config = merged;
+        self.registry_gen += 1;
         if let Some(kube) = &mut self.kube {
             kube.file_config = self.config.clone();
             self.apply_mesh();
@@ -362,6 +390,7 @@ impl State {
             Ok((load, registry, memory)) => {
                 report(&load, &self.metrics);
                 self.registry = registry;
+                self.registry_gen += 1;
                 self.names.send_if_modified(|n| {
                     let new = dns_names(&self.registry.services);
                     let changed = *n != new;
@@ -444,6 +473,7 @@ impl State {
             }
         }
         self.config = c;
+        self.registry_gen += 1;
     }
 
     /// Reads the mesh ConfigMap's `data.mesh` again; one that does not read
@@ -689,6 +719,24 @@ async fn kube_change(
     }
 }
 
+/// Starts the thread that writes the catalog file for `inspect` each time it
+/// is told the catalog changed (several changes at once: one write).
+fn catalog_writer(catalog: Arc<RwLock<Catalog>>, file: PathBuf) -> std::sync::mpsc::SyncSender<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("catalog-writer".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                let written = catalog.read().expect("catalog lock").write(&file);
+                if let Err(e) = written {
+                    warn!(file = %file.display(), "cannot write the catalog for inspect: {e}");
+                }
+            }
+        })
+        .expect("spawn the catalog writer");
+    tx
+}
+
 /// Saves the id assignments atomically.
 fn save_ids(path: &Path, ids: &Ids) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -921,6 +969,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         });
         kube_rx = Some(rx);
     }
+    // Served from the start: /healthz answers while the agent waits for the
+    // API server (a first start), /readyz once it enforces what it should.
+    if let Some(addr) = config.metrics_address {
+        let m = metrics.clone();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                error!(%addr, "metrics server stopped: {e}");
+            }
+        });
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
     let mut store = Store::default();
     let mut cache = FileCache::default();
     let remembered = alloc::load_remembered(&config.vip_state_file());
@@ -1034,6 +1093,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let (dns_tx, dns_rx) = watch::channel(Arc::new(DnsTables::default()));
     let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
 
+    let config_catalog_file = config.catalog_file();
     let mut state = State {
         config,
         kube,
@@ -1048,6 +1108,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         ids,
         owner: owner.clone(),
         catalog: catalog.clone(),
+        registry_cache: Default::default(),
+        registry_gen: 0,
+        catalog_dirty: catalog_writer(catalog.clone(), config_catalog_file),
         metrics: metrics.clone(),
         resolved: resolved.clone(),
         names: names_tx,
@@ -1182,15 +1245,6 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             error!("event reader stopped: {e}");
         }
     });
-    if let Some(addr) = state.config.metrics_address {
-        let m = metrics.clone();
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
-                error!(%addr, "metrics server stopped: {e}");
-            }
-        });
-        info!(%addr, "serving /metrics, /healthz, /readyz");
-    }
 
     let mut dir = state.config.service_entry_dir.clone();
     let (mut _watcher, mut changes) = match watch(&dir) {
@@ -1236,6 +1290,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 due = true;
             }
             Some(()) = resolved_rx.recv() => {
+                state.registry_gen += 1;
                 if let Err(e) = state.sync().await {
                     error!("sync failed, will retry: {e}");
                 }
@@ -1249,6 +1304,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 }
                 let started = Instant::now();
                 if state.apply_kube(&changes).await {
+                    // A new pod's link gets its traffic line now, not at the tick.
+                    let now = state.interfaces();
+                    if now != interfaces {
+                        interfaces = now;
+                        tc_failed = sync_tc(&owner, &interfaces, &metrics, tc_failed).await;
+                    }
                     release_memory();
                     info!(micros = started.elapsed().as_micros() as u64, ?changes, "applied the API server's changes");
                 }

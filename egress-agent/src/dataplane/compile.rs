@@ -83,8 +83,10 @@ pub type PolicyLpm = (u32, IpKey);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub workloads: HashMap<u64, WorkloadValue>,
-    pub services: HashMap<ServiceKey, ServiceTarget>,
-    pub cidrs: HashMap<CidrLpm, CidrTarget>,
+    /// Shared with the [`RegistryCache`]: a compile that only workloads
+    /// changed hands the same tables on, and the sync skips them.
+    pub services: Arc<HashMap<ServiceKey, ServiceTarget>>,
+    pub cidrs: Arc<HashMap<CidrLpm, CidrTarget>>,
     pub policy_cidrs: HashMap<PolicyLpm, PolicyCidrValue>,
     /// [`DNS_MAP`]: where workloads' DNS goes.
     pub dns: DnsConfig,
@@ -407,16 +409,45 @@ pub fn compile(
     resolved: &Resolved,
     ids: &mut Ids,
 ) -> Desired {
+    compile_cached(
+        config,
+        services,
+        sidecars,
+        workloads,
+        resolved,
+        ids,
+        &mut RegistryCache::default(),
+        None,
+    )
+}
+
+/// What the registry compiled to for one set of views, kept for the next
+/// compile: when only workloads changed (a pod came or went in a namespace
+/// that already had one), the services, CIDRs and DNS names are the same.
+#[derive(Default)]
+pub struct RegistryCache {
+    /// The registry's generation and the views (id, namespace, Sidecar).
+    key: Option<(u64, Vec<(u32, String, Option<(String, String)>)>)>,
+    services: Arc<HashMap<ServiceKey, ServiceTarget>>,
+    cidrs: Arc<HashMap<CidrLpm, CidrTarget>>,
+    dns_views: BTreeMap<u32, ViewDns>,
+}
+
+/// As [`compile`], reusing what `cache` holds when `generation` (which the
+/// caller changes with anything but the workloads: services, Sidecars,
+/// configuration, resolved addresses) and the views are those it was made for.
+#[allow(clippy::too_many_arguments)]
+pub fn compile_cached(
+    config: &Config,
+    services: &[Arc<Service>],
+    sidecars: &[SidecarScope],
+    workloads: &[Workload],
+    resolved: &Resolved,
+    ids: &mut Ids,
+    cache: &mut RegistryCache,
+    generation: Option<u64>,
+) -> Desired {
     let mut d = Desired::default();
-    // Sized up front: growing tables of a large registry would double the peak.
-    let entries: usize = services
-        .iter()
-        .map(|s| {
-            s.ports.len()
-                * (s.vips.len() + s.status_vips.len() + s.auto_vips.len() + s.endpoints.len())
-        })
-        .sum();
-    d.services.reserve(entries);
     // Names are rebuilt each time: what is gone is no longer in the catalog.
     ids.workload_meta.clear();
     if let Some(dns) = &config.dns {
@@ -577,6 +608,35 @@ pub fn compile(
         }
     }
 
+    let key = generation.map(|g| {
+        let sig = views
+            .iter()
+            .map(|(id, (ns, sc))| {
+                (
+                    *id,
+                    ns.clone(),
+                    sc.map(|sc| (sc.namespace.clone(), sc.name.clone())),
+                )
+            })
+            .collect();
+        (g, sig)
+    });
+    if key.is_some() && cache.key == key {
+        d.services = cache.services.clone();
+        d.cidrs = cache.cidrs.clone();
+        d.dns_tables.views = cache.dns_views.clone();
+        d.set_pool = Default::default();
+        return d;
+    }
+    // Sized up front: growing tables of a large registry would double the peak.
+    let entries: usize = services
+        .iter()
+        .map(|s| {
+            s.ports.len()
+                * (s.vips.len() + s.status_vips.len() + s.auto_vips.len() + s.endpoints.len())
+        })
+        .sum();
+    Arc::make_mut(&mut d.services).reserve(entries);
     let mut meta = BTreeMap::new();
     let service_ids: HashMap<(&str, &str), u32> = services
         .iter()
@@ -607,6 +667,12 @@ pub fn compile(
         d.dns_tables.views.insert(*view_id, names);
     }
     d.set_pool = Default::default();
+    *cache = RegistryCache {
+        key,
+        services: d.services.clone(),
+        cidrs: d.cidrs.clone(),
+        dns_views: d.dns_tables.views.clone(),
+    };
     d
 }
 
@@ -694,7 +760,7 @@ fn compile_service(
                         set: None,
                     };
                     // A declared port wins over another port's targetPort.
-                    d.cidrs
+                    Arc::make_mut(&mut d.cidrs)
                         .entry(cidr_key(view_id, port.number, proto, &net))
                         .and_modify(|t| {
                             if t.kind == CIDR_PACKET_ONLY {
@@ -705,7 +771,7 @@ fn compile_service(
                     // Where the rewritten connections' packets go: the packet
                     // check must let them pass, connect() must not.
                     if target_port != 0 && target_port != port.number {
-                        d.cidrs
+                        Arc::make_mut(&mut d.cidrs)
                             .entry(cidr_key(view_id, target_port, proto, &net))
                             .or_insert(CidrTarget {
                                 service_id,
@@ -726,18 +792,20 @@ fn compile_service(
                         proto,
                         _pad: 0,
                     };
-                    d.services.entry(key).or_insert(ServiceTarget {
-                        service_id,
-                        kind: SVC_VIP,
-                        set: Some(set.clone()),
-                    });
+                    Arc::make_mut(&mut d.services)
+                        .entry(key)
+                        .or_insert(ServiceTarget {
+                            service_id,
+                            kind: SVC_VIP,
+                            set: Some(set.clone()),
+                        });
                 }
                 for net in s
                     .cidrs
                     .iter()
                     .filter(|n| !config.excluded_cidrs.iter().any(|x| x.contains(*n)))
                 {
-                    d.cidrs
+                    Arc::make_mut(&mut d.cidrs)
                         .entry(cidr_key(view_id, port.number, proto, net))
                         .or_insert(CidrTarget {
                             service_id,
@@ -754,11 +822,13 @@ fn compile_service(
                         proto,
                         _pad: 0,
                     };
-                    d.services.entry(key).or_insert(ServiceTarget {
-                        service_id,
-                        kind: SVC_ENDPOINT,
-                        set: None,
-                    });
+                    Arc::make_mut(&mut d.services)
+                        .entry(key)
+                        .or_insert(ServiceTarget {
+                            service_id,
+                            kind: SVC_ENDPOINT,
+                            set: None,
+                        });
                 }
             }
             // Dynamic DNS needs the SNI or Host header: matched by learned

@@ -280,10 +280,29 @@ impl State {
             sizes: self.syncer.sizes().to_vec(),
             ..Applied::default()
         };
+        // A workload that only appeared revokes nothing when its sockets were
+        // held to a fail-closed unknown default (REGISTRY_ONLY over an empty
+        // view, not audit, not untouched: no view allows less): a pod starting
+        // then costs no search of every socket on the node. Otherwise (an
+        // ALLOW_ANY default, a pod whose Sidecar says REGISTRY_ONLY) it may.
+        let closed_default = |old: &Desired| {
+            old.workloads
+                .get(&egress_common::UNKNOWN_CGROUP)
+                .is_some_and(|w| {
+                    w.flags & egress_common::WL_REGISTRY_ONLY != 0
+                        && w.flags & (egress_common::WL_AUDIT | egress_common::WL_UNTOUCHED) == 0
+                })
+        };
         let changed = self.applied.as_deref().is_none_or(|old| {
-            !(old.workloads == desired.workloads
-                && old.services == desired.services
-                && old.cidrs == desired.cidrs
+            !((if closed_default(old) {
+                old.workloads
+                    .iter()
+                    .all(|(k, v)| desired.workloads.get(k) == Some(v))
+            } else {
+                old.workloads == desired.workloads
+            }) && (Arc::ptr_eq(&old.services, &desired.services)
+                || old.services == desired.services)
+                && (Arc::ptr_eq(&old.cidrs, &desired.cidrs) || old.cidrs == desired.cidrs)
                 && old.policy_cidrs == desired.policy_cidrs)
         });
         // Learned entries of hosts that left a workload's view go (they would

@@ -67,7 +67,15 @@ pub struct Syncer {
     /// Endpoint entries no longer wanted, with when they stopped being wanted:
     /// deleted [`ENDPOINT_GRACE`] later ([`Syncer::retire`]) unless wanted again.
     retiring: Vec<(ServiceKey, std::time::Instant)>,
+    /// The service and CIDR tables of the last complete sync: the same tables
+    /// again (only workloads changed) are not compared entry by entry.
+    synced_registry: Option<RegistryTables>,
 }
+
+type RegistryTables = (
+    Arc<HashMap<ServiceKey, crate::dataplane::compile::ServiceTarget>>,
+    Arc<HashMap<CidrLpm, crate::dataplane::compile::CidrTarget>>,
+);
 
 /// How long an endpoint entry outlives its last VIP: the packets of a
 /// connection rewritten to it just before the change still pass the packet line.
@@ -216,14 +224,21 @@ impl Syncer {
         w: &mut impl MapWriter,
     ) -> Result<SyncStats, SyncError> {
         let mut st = SyncStats::default();
+        let same_registry = self.synced_registry.take().is_some_and(|(s, c)| {
+            Arc::ptr_eq(&s, &desired.services) && Arc::ptr_eq(&c, &desired.cidrs)
+        });
 
         // 1. Backend sets first: every set a new entry points to exists before it.
-        let mut wanted: Vec<&Arc<BackendSet>> = desired
-            .services
-            .values()
-            .filter_map(|t| t.set.as_ref())
-            .chain(desired.cidrs.values().filter_map(|t| t.set.as_ref()))
-            .collect();
+        let mut wanted: Vec<&Arc<BackendSet>> = if same_registry {
+            Vec::new()
+        } else {
+            desired
+                .services
+                .values()
+                .filter_map(|t| t.set.as_ref())
+                .chain(desired.cidrs.values().filter_map(|t| t.set.as_ref()))
+                .collect()
+        };
         wanted.sort_by_key(|s| Arc::as_ptr(s));
         wanted.dedup_by_key(|s| Arc::as_ptr(s));
         for set in wanted {
@@ -265,17 +280,19 @@ impl Syncer {
             }
         }
         let mut cidr_puts = Vec::new();
-        for (k, t) in &desired.cidrs {
-            let v = t.value(set_ref(&t.set));
-            if self.cidrs.get(k) != Some(&v) {
-                cidr_puts.push((*k, v));
-            }
-        }
         let mut service_puts = Vec::new();
-        for (k, t) in &desired.services {
-            let v = t.value(set_ref(&t.set));
-            if self.services.get(k) != Some(&v) {
-                service_puts.push((*k, v));
+        if !same_registry {
+            for (k, t) in desired.cidrs.iter() {
+                let v = t.value(set_ref(&t.set));
+                if self.cidrs.get(k) != Some(&v) {
+                    cidr_puts.push((*k, v));
+                }
+            }
+            for (k, t) in desired.services.iter() {
+                let v = t.value(set_ref(&t.set));
+                if self.services.get(k) != Some(&v) {
+                    service_puts.push((*k, v));
+                }
             }
         }
         self.services.reserve(service_puts.len());
@@ -352,12 +369,15 @@ impl Syncer {
             self.workloads.remove(&k);
             st.deleted += 1;
         }
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !desired.services.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<ServiceKey> = if same_registry {
+            Vec::new()
+        } else {
+            self.services
+                .keys()
+                .filter(|k| !desired.services.contains_key(k))
+                .copied()
+                .collect()
+        };
         for k in gone {
             let v = self.services.remove(&k).expect("known");
             if v.kind == SVC_ENDPOINT {
@@ -370,12 +390,15 @@ impl Syncer {
             w.del_service(k)?;
             st.deleted += 1;
         }
-        let gone: Vec<CidrLpm> = self
-            .cidrs
-            .keys()
-            .filter(|k| !desired.cidrs.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<CidrLpm> = if same_registry {
+            Vec::new()
+        } else {
+            self.cidrs
+                .keys()
+                .filter(|k| !desired.cidrs.contains_key(k))
+                .copied()
+                .collect()
+        };
         for k in gone {
             w.del_cidr(k)?;
             self.cidrs.remove(&k);
@@ -392,18 +415,21 @@ impl Syncer {
             self.policy.remove(&k);
             st.deleted += 1;
         }
-        let in_use: std::collections::HashSet<u32> = self
-            .services
-            .values()
-            .map(|v| v.set_id)
-            .chain(self.cidrs.values().map(|v| v.set_id))
-            .collect();
-        let unused: Vec<(Arc<BackendSet>, u32)> = self
-            .sets
-            .iter()
-            .filter(|(_, id)| !in_use.contains(id))
-            .map(|(s, id)| (s.clone(), *id))
-            .collect();
+        let unused: Vec<(Arc<BackendSet>, u32)> = if same_registry {
+            Vec::new()
+        } else {
+            let in_use: std::collections::HashSet<u32> = self
+                .services
+                .values()
+                .map(|v| v.set_id)
+                .chain(self.cidrs.values().map(|v| v.set_id))
+                .collect();
+            self.sets
+                .iter()
+                .filter(|(_, id)| !in_use.contains(id))
+                .map(|(s, id)| (s.clone(), *id))
+                .collect()
+        };
         for (set, id) in unused {
             for slot in 0..set.slots.len() {
                 w.del_backend(BackendKey {
@@ -423,6 +449,7 @@ impl Syncer {
             }
             st.deleted += 1;
         }
+        self.synced_registry = Some((desired.services.clone(), desired.cidrs.clone()));
         Ok(st)
     }
 }
@@ -549,7 +576,7 @@ pub mod tests {
             },
         );
         for (port, s) in entries {
-            d.services.insert(
+            Arc::make_mut(&mut d.services).insert(
                 key(*port),
                 ServiceTarget {
                     service_id: 1,
@@ -666,7 +693,7 @@ pub mod tests {
         let mut s = Syncer::new();
         let mut m = MemMaps::default();
         let mut d = desired(&[(80, set(&["192.0.2.1"]))]);
-        d.services.insert(
+        Arc::make_mut(&mut d.services).insert(
             key(8080),
             ServiceTarget {
                 service_id: 1,
@@ -677,7 +704,7 @@ pub mod tests {
         s.sync(&d, &mut m).unwrap();
         assert!(m.services.contains_key(&key(8080)));
         // The endpoint is no longer wanted: still there right after the sync...
-        d.services.remove(&key(8080));
+        Arc::make_mut(&mut d.services).remove(&key(8080));
         s.sync(&d, &mut m).unwrap();
         let start = std::time::Instant::now();
         assert!(m.services.contains_key(&key(8080)));
@@ -687,7 +714,7 @@ pub mod tests {
         assert_eq!(s.retire(&mut m, start + ENDPOINT_GRACE).unwrap(), 1);
         assert!(!m.services.contains_key(&key(8080)));
         // Wanted again within the grace period: kept.
-        d.services.insert(
+        Arc::make_mut(&mut d.services).insert(
             key(8080),
             ServiceTarget {
                 service_id: 1,
@@ -696,9 +723,9 @@ pub mod tests {
             },
         );
         s.sync(&d, &mut m).unwrap();
-        d.services.remove(&key(8080));
+        Arc::make_mut(&mut d.services).remove(&key(8080));
         s.sync(&d, &mut m).unwrap();
-        d.services.insert(
+        Arc::make_mut(&mut d.services).insert(
             key(8080),
             ServiceTarget {
                 service_id: 1,

@@ -38,20 +38,34 @@ pub fn untouched_reason(
     if k.excluded_namespaces.contains(&pod.namespace) {
         return Some("excluded namespace");
     }
-    if label(pod, ns_labels, ENFORCE_LABEL) == Some("disabled") {
+    if label(pod, ns_labels, k, ENFORCE_LABEL) == Some("disabled") {
         return Some("opted out by label");
+    }
+    // Istio's own dataplane enforces these pods' egress; rewriting their
+    // connections at the socket would hide the VIPs Envoy matches on.
+    if k.pod_labels && pod.istio_sidecar {
+        return Some("Istio sidecar");
+    }
+    if label(pod, ns_labels, k, AMBIENT_LABEL) == Some("ambient") {
+        return Some("Istio ambient");
     }
     None
 }
 
-/// The pod's label, else its namespace's.
+/// Istio's ambient mode label (Namespace or Pod).
+pub const AMBIENT_LABEL: &str = "istio.io/dataplane-mode";
+
+/// The pod's label (when `kubernetes.podLabels` lets pods speak for
+/// themselves), else its namespace's.
 fn label<'a>(
     pod: &'a PodInfo,
     ns_labels: Option<&'a BTreeMap<String, String>>,
+    k: &KubernetesConfig,
     key: &str,
 ) -> Option<&'a str> {
-    pod.labels
-        .get(key)
+    k.pod_labels
+        .then(|| pod.labels.get(key))
+        .flatten()
         .or_else(|| ns_labels.and_then(|l| l.get(key)))
         .map(String::as_str)
 }
@@ -74,7 +88,10 @@ pub fn workloads(
         if !seen.insert(cgroup.clone()) {
             continue;
         }
-        let audit = matches!(label(pod, ns_labels, AUDIT_LABEL), Some("enabled" | "true"));
+        let audit = matches!(
+            label(pod, ns_labels, k, AUDIT_LABEL),
+            Some("enabled" | "true")
+        );
         let mut ips = pod.ips.clone();
         ips.dedup();
         // hostNetwork pods share the node's addresses and links.
@@ -125,6 +142,7 @@ mod tests {
             mesh_config_map: "istio".into(),
             excluded_namespaces: vec!["kube-system".into()],
             pod_uid: Some("self-uid".into()),
+            pod_labels: true,
         }
     }
 
@@ -138,6 +156,7 @@ mod tests {
             qos: Some(Qos::Burstable),
             ips: vec!["198.18.0.2".parse().unwrap()],
             finished: false,
+            istio_sidecar: false,
         }
     }
 
@@ -188,6 +207,34 @@ mod tests {
         }
         assert!(by_name["batch"].audit, "namespace label");
         assert!(!by_name["cron"].audit, "the pod's label wins");
+
+        // Istio's dataplane: a sidecar pod, an ambient namespace.
+        let mut c = Cluster::default();
+        let mut envoy = pod("shop", "with-envoy", "u-8");
+        envoy.istio_sidecar = true;
+        c.pods.insert(envoy.uid.clone(), envoy);
+        c.pods
+            .insert("u-9".into(), pod("mesh", "ztunnel-client", "u-9"));
+        c.namespaces.insert(
+            "mesh".into(),
+            BTreeMap::from([(AMBIENT_LABEL.to_owned(), "ambient".to_owned())]),
+        );
+        let w = workloads(&c, &k, &|_| None);
+        assert!(w.iter().all(|w| w.untouched), "{w:?}");
+
+        // Pods that may not speak for themselves: only namespace labels count.
+        let strict = KubernetesConfig {
+            pod_labels: false,
+            ..k8s(root)
+        };
+        let mut c = Cluster::default();
+        let mut out = pod("shop", "legacy", "u-4");
+        out.labels.insert(ENFORCE_LABEL.into(), "disabled".into());
+        out.labels.insert(AUDIT_LABEL.into(), "enabled".into());
+        out.istio_sidecar = true;
+        c.pods.insert(out.uid.clone(), out);
+        let w = workloads(&c, &strict, &|_| None);
+        assert!(!w[0].untouched && !w[0].audit, "{w:?}");
     }
 
     #[test]

@@ -42,14 +42,23 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// Succeeded or Failed: its containers are gone.
     pub finished: bool,
+    /// Istio injected its sidecar (`sidecar.istio.io/status`): Envoy enforces
+    /// this pod's egress; socket-level rewriting would take its VIPs away.
+    pub istio_sidecar: bool,
 }
 
 impl PodInfo {
     pub fn from_pod(p: &Pod) -> Option<Self> {
         let m = &p.metadata;
         let status = p.status.as_ref();
+        let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
         Some(Self {
-            uid: m.uid.clone()?,
+            // A static pod's cgroup is named after its manifest's hash, which
+            // its mirror Pod carries: not after the mirror's own UID.
+            uid: annotation("kubernetes.io/config.mirror")
+                .cloned()
+                .or_else(|| m.uid.clone())?,
+            istio_sidecar: annotation("sidecar.istio.io/status").is_some(),
             namespace: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone()?,
             labels: m.labels.clone().unwrap_or_default(),
@@ -429,7 +438,7 @@ impl Shared {
             *down = true;
             warn!(
                 resource = name,
-                "watch down, the last good state stays enforced: {e}"
+                "watch down, the last good state (if one was applied or adopted) stays enforced: {e}"
             );
         }
     }

@@ -94,11 +94,13 @@ agent from its environment (NODE_NAME, HOST_IP from the downward API).
     "cgroupRoot" $v.cgroupRoot
     "cgroupDriver" $v.cgroupDriver
     "meshConfigMap" $v.istio.meshConfigMap
-    "excludedNamespaces" $v.excludedNamespaces }}
+    "excludedNamespaces" $v.excludedNamespaces
+    "podLabels" $v.trustPodLabels }}
 {{- $c := dict
     "outboundTrafficPolicy" (dict "mode" $v.mode)
     "audit" $v.audit
     "auditNamespaces" $v.auditNamespaces
+    "clusterCidrs" $v.clusterCidrs
     "metricsAddress" (printf "0.0.0.0:%d" (int $v.metrics.port))
     "instance" "egress"
     "pinDir" "/sys/fs/bpf/egress"
