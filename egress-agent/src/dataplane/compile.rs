@@ -421,13 +421,16 @@ pub fn compile(
     )
 }
 
+/// A registry generation and its views: (id, namespace, Sidecar namespace/name).
+type CacheKey = (u64, Vec<(u32, String, Option<(String, String)>)>);
+
 /// What the registry compiled to for one set of views, kept for the next
 /// compile: when only workloads changed (a pod came or went in a namespace
 /// that already had one), the services, CIDRs and DNS names are the same.
 #[derive(Default)]
 pub struct RegistryCache {
     /// The registry's generation and the views (id, namespace, Sidecar).
-    key: Option<(u64, Vec<(u32, String, Option<(String, String)>)>)>,
+    key: Option<CacheKey>,
     services: Arc<HashMap<ServiceKey, ServiceTarget>>,
     cidrs: Arc<HashMap<CidrLpm, CidrTarget>>,
     dns_views: BTreeMap<u32, ViewDns>,
