@@ -149,6 +149,8 @@ struct State {
     /// only workloads changed reuses it.
     registry_cache: crate::dataplane::compile::RegistryCache,
     registry_gen: u64,
+    /// The workloads of the last sync.
+    synced_workloads: Vec<Workload>,
     /// Tells the writer of the catalog file (for `inspect`) it changed.
     catalog_dirty: std::sync::mpsc::SyncSender<()>,
     metrics: Arc<Metrics>,
@@ -223,14 +225,26 @@ impl State {
             warn!(file = %self.config.catalog_file().display(), "cannot write the catalog for inspect: {e}");
         }
         let prepared = started.elapsed();
+        // Workloads gone since the last sync whose cgroup is gone as well.
+        let gone: Vec<u64> = self
+            .synced_workloads
+            .iter()
+            .filter(|w| {
+                !self.workloads.iter().any(|n| n.cgroup_id == w.cgroup_id)
+                    && workloads::cgroup_id(&w.config.cgroup).ok() != Some(w.cgroup_id)
+            })
+            .map(|w| w.cgroup_id)
+            .collect();
         let result = self
             .owner
             .apply(
                 desired,
                 self.workloads.clone(),
                 self.config.revoke_established,
+                gone,
             )
             .await;
+        self.synced_workloads = self.workloads.clone();
         let elapsed = started.elapsed();
         self.metrics
             .dataplane
@@ -1110,6 +1124,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         catalog: catalog.clone(),
         registry_cache: Default::default(),
         registry_gen: 0,
+        synced_workloads: Vec::new(),
         catalog_dirty: catalog_writer(catalog.clone(), config_catalog_file),
         metrics: metrics.clone(),
         resolved: resolved.clone(),

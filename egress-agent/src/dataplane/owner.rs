@@ -50,6 +50,7 @@ enum Command {
         desired: Box<Desired>,
         workloads: Vec<Workload>,
         revoke: bool,
+        gone: Vec<u64>,
         reply: oneshot::Sender<Result<Applied, SyncError>>,
     },
     Learn {
@@ -135,16 +136,20 @@ impl Owner {
 
     /// Brings the maps to `desired` as a diff, then (if `revoke`) destroys the
     /// connections of `workloads` whose destination left their view.
+    /// `left`: cgroups of workloads that left and whose cgroup is gone too
+    /// (a deleted pod): nothing of theirs is left to revoke.
     pub async fn apply(
         &self,
         desired: Desired,
         workloads: Vec<Workload>,
         revoke: bool,
+        left: Vec<u64>,
     ) -> Result<Applied, SyncError> {
         self.ask(|reply| Command::Apply {
             desired: Box::new(desired),
             workloads,
             revoke,
+            gone: left,
             reply,
         })
         .await
@@ -239,9 +244,10 @@ impl State {
                 desired,
                 workloads,
                 revoke,
+                gone,
                 reply,
             } => {
-                let _ = reply.send(self.apply(desired, &workloads, revoke));
+                let _ = reply.send(self.apply(desired, &workloads, revoke, &gone));
             }
             Command::Learn { entries, reply } => {
                 let mut result = Ok(());
@@ -273,6 +279,7 @@ impl State {
         desired: Box<Desired>,
         workloads: &[Workload],
         revoke: bool,
+        gone: &[u64],
     ) -> Result<Applied, SyncError> {
         let stats = self.syncer.sync(&desired, &mut self.maps)?;
         let mut applied = Applied {
@@ -294,12 +301,22 @@ impl State {
                 })
         };
         let changed = self.applied.as_deref().is_none_or(|old| {
+            // Workloads whose cgroup went with them have nothing to revoke.
+            let kept = |k: &u64| !gone.contains(k);
             !((if closed_default(old) {
                 old.workloads
                     .iter()
+                    .filter(|(k, _)| kept(k))
                     .all(|(k, v)| desired.workloads.get(k) == Some(v))
             } else {
-                old.workloads == desired.workloads
+                old.workloads
+                    .iter()
+                    .filter(|(k, _)| kept(k))
+                    .all(|(k, v)| desired.workloads.get(k) == Some(v))
+                    && desired
+                        .workloads
+                        .iter()
+                        .all(|(k, v)| old.workloads.get(k) == Some(v))
             }) && (Arc::ptr_eq(&old.services, &desired.services)
                 || old.services == desired.services)
                 && (Arc::ptr_eq(&old.cidrs, &desired.cidrs) || old.cidrs == desired.cidrs)

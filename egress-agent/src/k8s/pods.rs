@@ -103,7 +103,7 @@ pub fn workloads(
         out.push(WorkloadConfig {
             cgroup,
             namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
+            name: pod.workload.clone(),
             labels: pod.labels.clone(),
             ip: None,
             ips: if untouched { Vec::new() } else { ips },
@@ -151,6 +151,7 @@ mod tests {
             uid: uid.into(),
             namespace: ns.into(),
             name: name.into(),
+            workload: name.into(),
             labels: BTreeMap::new(),
             host_network: false,
             qos: Some(Qos::Burstable),

@@ -36,6 +36,10 @@ pub struct PodInfo {
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// The workload it belongs to, as Istio names it (`source_workload`): its
+    /// Deployment, StatefulSet, DaemonSet, CronJob or Job, else the pod itself.
+    /// Metrics and ids are per workload, not per pod (bounded as pods come and go).
+    pub workload: String,
     pub labels: BTreeMap<String, String>,
     pub host_network: bool,
     pub qos: Option<Qos>,
@@ -59,6 +63,7 @@ impl PodInfo {
                 .cloned()
                 .or_else(|| m.uid.clone())?,
             istio_sidecar: annotation("sidecar.istio.io/status").is_some(),
+            workload: workload_name(p)?,
             namespace: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone()?,
             labels: m.labels.clone().unwrap_or_default(),
@@ -80,6 +85,51 @@ impl PodInfo {
             ),
         })
     }
+}
+
+/// The name of the workload a pod belongs to, from its controller: a
+/// ReplicaSet's Deployment (the ReplicaSet's name less `-<pod-template-hash>`),
+/// a Job's CronJob (less `-<schedule time>`), a StatefulSet or DaemonSet as is;
+/// a pod without a controller is its own workload.
+pub fn workload_name(p: &Pod) -> Option<String> {
+    let m = &p.metadata;
+    let name = m.name.clone()?;
+    let Some(owner) = m
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|o| o.controller == Some(true)).or(o.first()))
+    else {
+        return Some(name);
+    };
+    let strip = |n: &str, suffix: Option<&str>| -> String {
+        match suffix
+            .and_then(|s| n.strip_suffix(s))
+            .and_then(|n| n.strip_suffix('-'))
+        {
+            Some(base) if !base.is_empty() => base.to_owned(),
+            _ => n.to_owned(),
+        }
+    };
+    Some(match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = m
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .map(String::as_str);
+            strip(&owner.name, hash)
+        }
+        "Job" => {
+            // A CronJob's Job is named <cronjob>-<minutes since the epoch>.
+            let digits = owner
+                .name
+                .rsplit('-')
+                .next()
+                .filter(|d| d.len() >= 8 && d.chars().all(|c| c.is_ascii_digit()));
+            strip(&owner.name, digits)
+        }
+        _ => owner.name.clone(),
+    })
 }
 
 /// Istio's mesh settings from its ConfigMap (`data.mesh`); a field absent
@@ -615,5 +665,53 @@ mod tests {
             text.contains("/apis/networking.istio.io/v1/namespaces/shop/serviceentries/broken"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod workload_names {
+    use super::*;
+
+    fn pod(name: &str, owner: Option<(&str, &str)>, hash: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": hash.map(|h| serde_json::json!({"pod-template-hash": h})).unwrap_or(serde_json::json!({})),
+                "ownerReferences": owner.map(|(k, n)| serde_json::json!([{
+                    "apiVersion": "apps/v1", "kind": k, "name": n, "uid": "u", "controller": true
+                }])).unwrap_or(serde_json::json!([]))
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_are_named_by_their_workload_as_istio_does() {
+        let w = |p: Pod| workload_name(&p).unwrap();
+        assert_eq!(
+            w(pod(
+                "web-7d9f8-abcde",
+                Some(("ReplicaSet", "web-7d9f8")),
+                Some("7d9f8")
+            )),
+            "web"
+        );
+        assert_eq!(w(pod("db-0", Some(("StatefulSet", "db")), None)), "db");
+        assert_eq!(
+            w(pod("agent-x1", Some(("DaemonSet", "agent")), None)),
+            "agent"
+        );
+        assert_eq!(
+            w(pod(
+                "backup-29012345-q",
+                Some(("Job", "backup-29012345")),
+                None
+            )),
+            "backup"
+        );
+        assert_eq!(w(pod("once-q", Some(("Job", "once")), None)), "once");
+        assert_eq!(w(pod("bare", None, None)), "bare");
+        // A ReplicaSet without the hash label keeps its name.
+        assert_eq!(w(pod("rs-x", Some(("ReplicaSet", "rs")), None)), "rs");
     }
 }
