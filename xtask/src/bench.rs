@@ -643,6 +643,11 @@ fn update_latency(bins: &Bins, plan: &Plan, n: usize) -> Result<(Vec<f64>, Start
     Ok((samples, started))
 }
 
+/// Namespaces the bench's pods are spread over, and how many of them have a
+/// ServiceEntry of their own.
+const K8S_NAMESPACES: usize = 25;
+const K8S_OWN_ENTRIES: usize = 5;
+
 /// Kubernetes mode against the test API server (the wire protocol kube-rs
 /// speaks to a real one): `k8s_entries` ServiceEntries and `k8s_pods` pods on
 /// the node; time to ready, memory, a pod's event to its kernel map entry, and
@@ -685,11 +690,27 @@ fn kubernetes_bench(bins: &Bins, plan: &Plan) -> Result<Value> {
         json!({}),
         false,
     ));
+    // The other pods spread over K8S_NAMESPACES namespaces; the first
+    // K8S_OWN_ENTRIES of them also have a ServiceEntry of their own (exportTo
+    // "."), so they see more than the others: that many more views.
+    for n in 0..K8S_NAMESPACES {
+        api.apply(kubelet::namespace(&format!("team-{n}"), json!({})));
+    }
+    for n in 0..K8S_OWN_ENTRIES {
+        let mut own = se(
+            &format!("own{n}"),
+            &format!("10.250.0.{}", n + 1),
+            "192.0.2.1",
+        );
+        own["metadata"]["namespace"] = json!(format!("team-{n}"));
+        own["spec"]["exportTo"] = json!(["."]);
+        api.apply(own);
+    }
     for i in 1..plan.k8s_pods {
         let uid = kubelet::uid();
         kubelet.start_pod(&uid, "BestEffort");
         api.apply(kubelet::pod(
-            "bench",
+            &format!("team-{}", i % K8S_NAMESPACES),
             &format!("pod{i}"),
             &uid,
             node,
@@ -799,7 +820,8 @@ fn kubernetes_bench(bins: &Bins, plan: &Plan) -> Result<Value> {
             / 1024.0
     };
     let out = json!({
-        "entries": plan.k8s_entries, "pods": plan.k8s_pods, "ready_s": ready_s,
+        "entries": plan.k8s_entries, "pods": plan.k8s_pods, "namespaces": K8S_NAMESPACES + 1,
+        "own_entries": K8S_OWN_ENTRIES, "ready_s": ready_s,
         "rss_mib": mib("VmRSS:"), "hwm_mib": mib("VmHWM:"),
         "pod_event_p50_ms": percentile(&mut pod_ms, 0.5), "pod_event_p99_ms": percentile(&mut pod_ms, 0.99),
         "pod_event_samples": pod_ms,

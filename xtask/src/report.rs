@@ -417,7 +417,9 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
             "\n## Kubernetes mode\n\nThe agent watching an API server (the tests' API server: the \
              real wire protocol, lists and chunked watches, as kube-rs speaks to a kube-apiserver; \
              no kube-apiserver runs on these machines) with {} ServiceEntries and {} pods on the \
-             node, cgroups laid out as the kubelet's systemd driver does. *pod event*: from the \
+             node in {} namespaces ({} of them with a ServiceEntry of their own: namespaces that \
+             see the same services share one view), cgroups laid out as the kubelet's systemd \
+             driver does. *pod event*: from the \
              Pod object's creation in the API server to its workload entry in the kernel's map \
              ({} samples). *ServiceEntry*: from its creation in the API server to the first \
              successful connect through its new VIP from the pod.\n\n\
@@ -427,6 +429,8 @@ pub fn render(results: &Value, plan: &str) -> Result<String> {
              Start to ready (initial lists applied): {} s; agent memory: RSS {} MiB, peak {} MiB.",
             f(g("entries"), 0),
             f(g("pods"), 0),
+            f(g("namespaces"), 0),
+            f(g("own_entries"), 0),
             k["pod_event_samples"].as_array().map_or(0, Vec::len),
             f(g("pod_event_p50_ms"), 2),
             f(g("pod_event_p99_ms"), 2),

@@ -1,7 +1,7 @@
 //! The pure step from the registry and workloads to the dataplane's desired state:
 //! the exact `#[repr(C)]` entries each map should hold. No kernel here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -421,16 +421,20 @@ pub fn compile(
     )
 }
 
-/// A registry generation and its views: (id, namespace, Sidecar namespace/name).
-type CacheKey = (u64, Vec<(u32, String, Option<(String, String)>)>);
+/// A registry generation and the scopes with workloads (`namespace` or
+/// `namespace|sidecar-namespace/name`).
+type CacheKey = (u64, Vec<String>);
 
 /// What the registry compiled to for one set of views, kept for the next
 /// compile: when only workloads changed (a pod came or went in a namespace
 /// that already had one), the services, CIDRs and DNS names are the same.
 #[derive(Default)]
 pub struct RegistryCache {
-    /// The registry's generation and the views (id, namespace, Sidecar).
+    /// The registry's generation and the scopes (namespace, Sidecar) with
+    /// workloads.
     key: Option<CacheKey>,
+    /// Each scope's view.
+    view_of: BTreeMap<String, u32>,
     services: Arc<HashMap<ServiceKey, ServiceTarget>>,
     cidrs: Arc<HashMap<CidrLpm, CidrTarget>>,
     dns_views: BTreeMap<u32, ViewDns>,
@@ -529,17 +533,72 @@ pub fn compile_cached(
         },
     );
 
-    // One view per (namespace, Sidecar) that has a workload on this node.
-    let mut views: BTreeMap<u32, (String, Option<&SidecarScope>)> = BTreeMap::new();
-    for w in workloads {
+    // What each (namespace, Sidecar) with a workload on this node sees. Those
+    // that see exactly the same services on the same ports share one view
+    // (every namespace without a Sidecar or services of its own, when the
+    // registry is exported everywhere): the maps hold each view once.
+    let scope_of = |w: &Workload| {
         let ns = &w.config.namespace;
         let sidecar = select_sidecar(sidecars, ns, &w.config.labels, &config.root_namespace);
-        let view_key = match sidecar {
+        let key = match sidecar {
             Some(sc) => format!("{ns}|{}/{}", sc.namespace, sc.name),
             None => ns.clone(),
         };
-        let view_id = ids.view(&view_key);
-        views.insert(view_id, (ns.clone(), sidecar));
+        (key, ns.clone(), sidecar)
+    };
+    let mut scopes: BTreeMap<String, (String, Option<&SidecarScope>)> = BTreeMap::new();
+    for w in workloads {
+        let (key, ns, sc) = scope_of(w);
+        scopes.entry(key).or_insert((ns, sc));
+    }
+    let key = generation.map(|g| (g, scopes.keys().cloned().collect::<Vec<_>>()));
+    let hit = key.is_some() && cache.key == key;
+    // View id of each scope, and (on a miss) each view's services.
+    let mut view_of: BTreeMap<String, u32> = BTreeMap::new();
+    let mut views: BTreeMap<u32, Vec<(&Service, Vec<u16>)>> = BTreeMap::new();
+    if hit {
+        view_of = cache.view_of.clone();
+    } else {
+        let mut by_content: HashMap<Vec<(usize, Vec<u16>)>, u32> = HashMap::new();
+        // A namespace without a Sidecar that no service lives in or names in
+        // its exportTo sees what every such namespace sees: computed once.
+        let mut named: HashSet<&str> = HashSet::new();
+        for s in services {
+            named.insert(s.namespace.as_str());
+            named.extend(s.export_to.iter().map(String::as_str));
+        }
+        named.extend(config.default_export_to.iter().map(String::as_str));
+        let mut generic: Option<u32> = None;
+        // Scopes in key order: the first of a group names its view.
+        for (key, (ns, sc)) in &scopes {
+            let plain = sc.is_none() && !named.contains(ns.as_str());
+            if plain && let Some(id) = generic {
+                view_of.insert(key.clone(), id);
+                continue;
+            }
+            let content = view(services, ns, *sc, &config.default_export_to);
+            let sig: Vec<(usize, Vec<u16>)> = content
+                .iter()
+                .map(|(s, p)| (*s as *const Service as usize, p.clone()))
+                .collect();
+            let id = match by_content.get(&sig) {
+                Some(id) => *id,
+                None => {
+                    let id = ids.view(key);
+                    by_content.insert(sig, id);
+                    views.insert(id, content);
+                    id
+                }
+            };
+            if plain {
+                generic = Some(id);
+            }
+            view_of.insert(key.clone(), id);
+        }
+    }
+    for w in workloads {
+        let (key, _, sidecar) = scope_of(w);
+        let view_id = view_of[&key];
         let policy = sidecar.and_then(|sc| sc.policy).unwrap_or(config.outbound);
         let mut flags = 0;
         if policy == OutboundMode::RegistryOnly {
@@ -611,20 +670,7 @@ pub fn compile_cached(
         }
     }
 
-    let key = generation.map(|g| {
-        let sig = views
-            .iter()
-            .map(|(id, (ns, sc))| {
-                (
-                    *id,
-                    ns.clone(),
-                    sc.map(|sc| (sc.namespace.clone(), sc.name.clone())),
-                )
-            })
-            .collect();
-        (g, sig)
-    });
-    if key.is_some() && cache.key == key {
+    if hit {
         d.services = cache.services.clone();
         d.cidrs = cache.cidrs.clone();
         d.dns_tables.views = cache.dns_views.clone();
@@ -654,9 +700,9 @@ pub fn compile_cached(
     // The proxy's tables only when there is a proxy: they are large for a large
     // registry.
     let dns_proxy = config.dns.is_some();
-    for (view_id, (ns, sidecar)) in &views {
+    for (view_id, content) in &views {
         let mut names = ViewDns::default();
-        for (s, ports) in view(services, ns, *sidecar, &config.default_export_to) {
+        for (s, ports) in content {
             let id = service_ids[&(s.namespace.as_str(), s.host_key.as_str())];
             compile_service(config, &mut d, *view_id, s, id, &ports, resolved);
             if dns_proxy {
@@ -672,6 +718,7 @@ pub fn compile_cached(
     d.set_pool = Default::default();
     *cache = RegistryCache {
         key,
+        view_of,
         services: d.services.clone(),
         cidrs: d.cidrs.clone(),
         dns_views: d.dns_tables.views.clone(),
@@ -914,6 +961,57 @@ spec:
   - {address: 198.18.0.11}
   - {address: 198.18.0.12, weight: 2}
 "#;
+
+    #[test]
+    fn namespaces_that_see_the_same_share_one_view_and_a_workload_change_reuses_the_tables() {
+        // `legacy` is exported everywhere; `own` only to shop.
+        let se = format!(
+            "{STATIC_SE}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: own, namespace: shop}}\nspec: {{hosts: [own.internal], \
+             addresses: [240.240.9.9], exportTo: [\".\"], resolution: STATIC, \
+             ports: [{{number: 80, name: http, protocol: HTTP}}], endpoints: [{{address: 198.18.0.13}}]}}\n"
+        );
+        let services = registry(&se);
+        let mut ids = Ids::default();
+        let mut cache = RegistryCache::default();
+        let cfg = config("REGISTRY_ONLY");
+        let pods = vec![
+            workload(10, "shop", "web"),
+            workload(11, "team-a", "batch"),
+            workload(12, "team-b", "cron"),
+        ];
+        let compile = |pods: &[Workload], ids: &mut Ids, cache: &mut RegistryCache| {
+            compile_cached(
+                &cfg,
+                &services,
+                &[],
+                pods,
+                &Resolved::default(),
+                ids,
+                cache,
+                Some(1),
+            )
+        };
+        let d = compile(&pods, &mut ids, &mut cache);
+        let view = |d: &Desired, cg: u64| d.workloads[&cg].view_id;
+        assert_eq!(view(&d, 11), view(&d, 12), "same services: one view");
+        assert_ne!(view(&d, 10), view(&d, 11), "shop sees its own entry too");
+        let views: BTreeSet<u32> = d.services.keys().map(|k| k.view_id).collect();
+        assert_eq!(views.len(), 2);
+        // Another pod in a namespace already there: the same tables, shared.
+        let mut more = pods.clone();
+        more.push(workload(13, "team-a", "batch-2"));
+        let d2 = compile(&more, &mut ids, &mut cache);
+        assert!(Arc::ptr_eq(&d.services, &d2.services));
+        assert_eq!(view(&d2, 13), view(&d, 11));
+        // A new namespace is a new scope: compiled again (and it joins the
+        // shared view).
+        more.push(workload(14, "team-c", "api"));
+        let d3 = compile(&more, &mut ids, &mut cache);
+        assert!(!Arc::ptr_eq(&d.services, &d3.services));
+        assert_eq!(view(&d3, 14), view(&d3, 11));
+        assert_eq!(*d3.services, *d.services);
+    }
 
     #[test]
     fn static_vips_share_one_weighted_backend_set_and_endpoints_are_allowed() {
