@@ -704,9 +704,9 @@ pub fn compile_cached(
         let mut names = ViewDns::default();
         for (s, ports) in content {
             let id = service_ids[&(s.namespace.as_str(), s.host_key.as_str())];
-            compile_service(config, &mut d, *view_id, s, id, &ports, resolved);
+            compile_service(config, &mut d, *view_id, s, id, ports, resolved);
             if dns_proxy {
-                add_names(&mut names, s, id, &ports);
+                add_names(&mut names, s, id, ports);
             }
         }
         // Most specific wildcard first; equal lengths keep Service order.
