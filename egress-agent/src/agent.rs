@@ -151,6 +151,8 @@ struct State {
     registry_gen: u64,
     /// The workloads of the last sync.
     synced_workloads: Vec<Workload>,
+    /// Tells the writer of the DNS tables' copy (Kubernetes mode) they changed.
+    dns_tables_dirty: Option<std::sync::mpsc::SyncSender<()>>,
     /// Tells the writer of the catalog file (for `inspect`) it changed.
     catalog_dirty: std::sync::mpsc::SyncSender<()>,
     metrics: Arc<Metrics>,
@@ -189,7 +191,7 @@ impl State {
             Some(self.registry_gen),
         );
         let compiled = started.elapsed();
-        self.dns_tables.send_if_modified(|t| {
+        let dns_changed = self.dns_tables.send_if_modified(|t| {
             if **t == desired.dns_tables {
                 false
             } else {
@@ -197,6 +199,9 @@ impl State {
                 true
             }
         });
+        if dns_changed && let Some(tx) = &self.dns_tables_dirty {
+            let _ = tx.try_send(());
+        }
         if self.ids.assigned() != self.ids_saved {
             match save_ids(&self.config.ids_file(), &self.ids) {
                 Ok(()) => self.ids_saved = self.ids.assigned(),
@@ -751,6 +756,38 @@ fn catalog_writer(catalog: Arc<RwLock<Catalog>>, file: PathBuf) -> std::sync::mp
     tx
 }
 
+/// Starts the thread that keeps a copy of the DNS proxy's tables in `file`,
+/// written each time it is told they changed (several changes: one write).
+fn dns_tables_writer(
+    tables: watch::Receiver<Arc<DnsTables>>,
+    file: PathBuf,
+) -> std::sync::mpsc::SyncSender<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("dns-tables-writer".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                let t = tables.borrow().clone();
+                let written = (|| {
+                    if let Some(dir) = file.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let tmp = file.with_extension("json.tmp");
+                    std::fs::write(
+                        &tmp,
+                        serde_json::to_vec(&*t).map_err(std::io::Error::other)?,
+                    )?;
+                    std::fs::rename(tmp, &file)
+                })();
+                if let Err(e) = written {
+                    warn!(file = %file.display(), "cannot keep a copy of the DNS tables: {e}");
+                }
+            }
+        })
+        .expect("spawn the DNS tables writer");
+    tx
+}
+
 /// Saves the id assignments atomically.
 fn save_ids(path: &Path, ids: &Ids) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
@@ -1104,7 +1141,33 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .resolved_names
         .set(tracker.resolved().len() as i64);
     let (names_tx, names_rx) = watch::channel(names);
-    let (dns_tx, dns_rx) = watch::channel(Arc::new(DnsTables::default()));
+    // Kubernetes mode keeps a copy of what the DNS proxy answers: an agent
+    // that adopts the pinned state while the API server is away answers as
+    // the last one did until its own first sync (not REFUSED to every pod).
+    let dns_copy = config
+        .state_dir
+        .join(&config.instance)
+        .join("dns-tables.json");
+    let initial = if config.kubernetes.is_some() && adopted {
+        std::fs::read(&dns_copy)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<DnsTables>(&b).ok())
+            .inspect(|t| {
+                info!(
+                    clients = t.clients.len(),
+                    views = t.views.len(),
+                    "DNS proxy: answering from the last agent's tables until the first sync"
+                )
+            })
+            .unwrap_or_default()
+    } else {
+        DnsTables::default()
+    };
+    let (dns_tx, dns_rx) = watch::channel(Arc::new(initial));
+    let dns_tables_dirty = config
+        .kubernetes
+        .is_some()
+        .then(|| dns_tables_writer(dns_tx.subscribe(), dns_copy));
     let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
 
     let config_catalog_file = config.catalog_file();
@@ -1122,6 +1185,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         ids,
         owner: owner.clone(),
         catalog: catalog.clone(),
+        dns_tables_dirty,
         registry_cache: Default::default(),
         registry_gen: 0,
         synced_workloads: Vec::new(),

@@ -318,22 +318,25 @@ fn start_agent(w: &World, mode: &str, extra: &str, counters: bool) -> Result<Sta
     let t = Instant::now();
     let agent = Agent::start(&config, "127.0.0.1:9464".parse()?, Some(&w.net.node.path()));
     let ready_secs = t.elapsed().as_secs_f64();
-    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let (rss, hwm) = (status_kib(&agent, "VmRSS:"), status_kib(&agent, "VmHWM:"));
     Ok(Started {
         _agent: agent,
         ready_secs,
-        rss_mib: kib("VmRSS:") / 1024.0,
-        hwm_mib: kib("VmHWM:") / 1024.0,
+        rss_mib: rss / 1024.0,
+        hwm_mib: hwm / 1024.0,
     })
+}
+
+/// A `/proc/<pid>/status` figure of a running agent, in KiB (0 if unknown).
+fn status_kib(agent: &Agent, key: &str) -> f64 {
+    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// Loads rules into the pod namespace with a tool reading a file on stdin.
@@ -808,17 +811,7 @@ fn kubernetes_bench(bins: &Bins, plan: &Plan) -> Result<Value> {
         }
         se_ms.push((num(&v, "t_ns") - t0) / 1e6);
     }
-    let pid = agent.child.as_ref().map(|c| c.id()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    let mib = |key: &str| status_kib(&agent, key) / 1024.0;
     let out = json!({
         "entries": plan.k8s_entries, "pods": plan.k8s_pods, "namespaces": K8S_NAMESPACES + 1,
         "own_entries": K8S_OWN_ENTRIES, "ready_s": ready_s,

@@ -21,8 +21,9 @@ pub struct Link {
     pub master: Option<u32>,
 }
 
-/// Asks the kernel about interface `index`.
-pub fn link(index: u32) -> std::io::Result<Link> {
+/// Sends one rtnetlink request (its header's length already set) and returns
+/// the first reply message.
+fn ask(req: &[u8]) -> std::io::Result<Vec<u8>> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -36,13 +37,6 @@ pub fn link(index: u32) -> std::io::Result<Link> {
     }
     // SAFETY: a fresh fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = [0u8; 32];
-    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    // ifinfomsg: family AF_UNSPEC, type 0, index, flags 0, change 0.
-    req[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
     // SAFETY: sending our buffer on our socket (to the kernel: no address needed).
     let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
@@ -54,7 +48,20 @@ pub fn link(index: u32) -> std::io::Result<Link> {
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    parse_newlink(&buf[..n as usize], index)
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Asks the kernel about interface `index`.
+pub fn link(index: u32) -> std::io::Result<Link> {
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // ifinfomsg: family AF_UNSPEC, type 0, index, flags 0, change 0.
+    req[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
+    parse_newlink(&ask(&req)?, index)
 }
 
 /// Reads the reply to an RTM_GETLINK.
@@ -110,19 +117,6 @@ pub fn direct_route_oif(ip: std::net::IpAddr) -> std::io::Result<Option<u32>> {
         std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let len = 16 + 12 + 4 + addr.len();
     let mut req = vec![0u8; len];
     req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
@@ -136,18 +130,8 @@ pub fn direct_route_oif(ip: std::net::IpAddr) -> std::io::Result<Option<u32>> {
     req[at..at + 2].copy_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
     req[at + 2..at + 4].copy_from_slice(&RTA_DST.to_ne_bytes());
     req[at + 4..].copy_from_slice(&addr);
-    // SAFETY: sending our buffer on our socket.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 8 * 1024];
-    // SAFETY: receiving into our buffer.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let msg = &buf[..n as usize];
+    let reply = ask(&req)?;
+    let msg = reply.as_slice();
     if msg.len() < 28 {
         return Err(std::io::Error::other("rtnetlink: short reply"));
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One registry host as the proxy sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostDns {
     /// The host as written.
     pub host: String,
@@ -25,7 +25,7 @@ impl HostDns {
 }
 
 /// The names of one view.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ViewDns {
     /// Exact hosts by matching key (lower case, no trailing dot).
     pub exact: HashMap<String, HostDns>,
@@ -50,7 +50,7 @@ impl ViewDns {
 }
 
 /// A workload the proxy can recognise by its source address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DnsClient {
     pub workload_id: u32,
     pub view_id: u32,
@@ -60,7 +60,7 @@ pub struct DnsClient {
 }
 
 /// Everything the proxy needs, replaced after each compile.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DnsTables {
     pub clients: HashMap<IpAddr, DnsClient>,
     pub views: BTreeMap<u32, ViewDns>,
@@ -107,5 +107,34 @@ mod tests {
             "*.example.com does not match example.com"
         );
         assert!(v.lookup("other.org").is_none());
+    }
+
+    #[test]
+    fn tables_survive_their_copy_on_disk() {
+        let mut v = ViewDns::default();
+        v.exact
+            .insert("api.example.com".into(), host("api.example.com", 1));
+        v.wildcards = vec![(".example.com".into(), host("*.example.com", 3))];
+        let mut t = DnsTables::default();
+        t.views.insert(7, v);
+        t.clients.insert(
+            "2001:db8::2".parse().unwrap(),
+            DnsClient {
+                workload_id: 4,
+                view_id: 7,
+                registry_only: true,
+            },
+        );
+        let back: DnsTables = serde_json::from_slice(&serde_json::to_vec(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(
+            back.client("2001:db8::2".parse().unwrap())
+                .unwrap()
+                .1
+                .lookup("x.example.com")
+                .unwrap()
+                .service_id,
+            3
+        );
     }
 }
