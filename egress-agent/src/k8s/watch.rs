@@ -270,13 +270,14 @@ impl Same for Arc<Read> {
 }
 
 /// Retries quickly, then every 2 s at most: a 410 relists within ~100 ms, an
-/// outage is noticed as soon as the server answers again.
+/// outage is noticed as soon as the server answers again. Each wait is drawn
+/// from ±25 % of the step, so the agents of a cluster do not relist in step.
 struct Retry(Duration);
 
 impl Iterator for Retry {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        let d = self.0;
+        let d = self.0.mul_f64(rand::random_range(0.75..1.25));
         self.0 = (self.0 * 2).min(Duration::from_secs(2));
         Some(d)
     }
