@@ -481,15 +481,7 @@ impl State {
         };
         let mut c = kube.file_config.clone();
         if let Some(m) = &kube.mesh {
-            if let Some(mode) = m.outbound {
-                c.outbound = mode;
-            }
-            if let Some(e) = &m.default_export_to {
-                c.default_export_to = e.clone();
-            }
-            if let Some(r) = &m.root_namespace {
-                c.root_namespace = r.clone();
-            }
+            m.apply_to(&mut c);
         }
         self.config = c;
         self.registry_gen += 1;

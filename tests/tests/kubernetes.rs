@@ -272,6 +272,43 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
         "created entry not enforced:\n{}",
         agent.log_text()
     );
+    // explain, from the API server's state, says what the kernel does: shop
+    // sees the VIP, another namespace does not.
+    let explain = |from: &str| {
+        let out = std::process::Command::new(agent_bin())
+            .args([
+                "explain",
+                "--config",
+                agent.config.to_str().unwrap(),
+                "--from",
+                from,
+                "--to",
+                VIP,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = explain("shop/web");
+    assert!(
+        text.contains("rewritten to one of 198.18.0.11:8080"),
+        "{text}"
+    );
+    let batch = node.add_pod(1, "other", "batch", json!({}));
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(&map, &batch.cg.pod).is_some()
+    })
+    .expect("enforced");
+    let text = explain("other/batch");
+    assert!(text.contains("DENIED"), "{text}");
+    assert!(!connect_ok(&batch.place, VIP));
+
     // Edited: the endpoint moves to host 2.
     node.api.apply(stripe_se(&["198.18.0.12"]));
     assert!(

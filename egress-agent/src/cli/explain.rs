@@ -27,6 +27,8 @@ pub enum ExplainError {
     To(String),
     #[error("no workload {0} in {1}")]
     NoWorkload(String, String),
+    #[error("the API server: {0}")]
+    Api(String),
     #[error("reading {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
@@ -71,19 +73,54 @@ pub fn explain(config: &Config, from: &str, to: &str) -> Result<String, ExplainE
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
         .ok_or_else(|| ExplainError::From(from.to_owned()))?;
     let target = parse_target(to)?;
+    // Kubernetes mode: the pods, resources and mesh settings the API server
+    // has now, as the agent's watches see them.
+    let cluster = match &config.kubernetes {
+        Some(k) => Some(
+            crate::k8s::watch::snapshot(
+                k,
+                &config.root_namespace,
+                validation_context(config),
+                std::time::Duration::from_secs(10),
+            )
+            .map_err(ExplainError::Api)?,
+        ),
+        None => None,
+    };
+    let mut config = config.clone();
+    if let Some(mesh) = cluster
+        .as_ref()
+        .and_then(|c| c.mesh_text.values().next())
+        .and_then(|t| crate::k8s::watch::Mesh::parse(t).ok())
+    {
+        mesh.apply_to(&mut config);
+    }
+    let config = &config;
     let mut store = Store::default();
-    let docs = istio::load_dir(&config.service_entry_dir).map_err(|source| ExplainError::Read {
-        path: config.service_entry_dir.clone(),
-        source,
-    })?;
-    let load = store.load(&docs, &validation_context(config));
+    let docs = if cluster.is_some() && !config.service_entry_dir.exists() {
+        istio::Documents::default()
+    } else {
+        istio::load_dir(&config.service_entry_dir).map_err(|source| ExplainError::Read {
+            path: config.service_entry_dir.clone(),
+            source,
+        })?
+    };
+    let mut reads = vec![std::sync::Arc::new(crate::registry::store::read_documents(
+        &docs,
+        &validation_context(config),
+    ))];
+    reads.extend(cluster.iter().flat_map(|c| c.istio_reads()));
+    let load = store.apply(&reads);
     let remembered = crate::registry::alloc::load_remembered(&config.vip_state_file());
     let (registry, _) = build_registry(config, &store, &remembered);
 
-    // Every configured workload, with stand-in cgroup ids: views come out as the
-    // agent builds them.
-    let workloads: Vec<Workload> = config
-        .workloads
+    // Every configured workload (and in Kubernetes mode every pod of the
+    // node), with stand-in cgroup ids: views come out as the agent builds them.
+    let mut configs = config.workloads.clone();
+    if let (Some(c), Some(k)) = (&cluster, &config.kubernetes) {
+        configs.extend(crate::k8s::pods::workloads(c, k, &|_| None));
+    }
+    let workloads: Vec<Workload> = configs
         .iter()
         .enumerate()
         .map(|(i, w)| Workload {

@@ -155,6 +155,19 @@ struct RawPolicy {
 }
 
 impl Mesh {
+    /// Puts these settings over `config` (what they leave out stays).
+    pub fn apply_to(&self, config: &mut crate::config::Config) {
+        if let Some(mode) = self.outbound {
+            config.outbound = mode;
+        }
+        if let Some(e) = &self.default_export_to {
+            config.default_export_to = e.clone();
+        }
+        if let Some(r) = &self.root_namespace {
+            config.root_namespace = r.clone();
+        }
+    }
+
     /// Reads `data.mesh`; an unreadable one is the error.
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: RawMesh = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
@@ -309,6 +322,50 @@ pub async fn client(k: &KubernetesConfig) -> Result<kube::Client, String> {
             .map_err(|e| format!("no in-cluster configuration nor kubeconfig: {e}"))?,
     };
     kube::Client::try_from(config).map_err(|e| format!("API client: {e}"))
+}
+
+/// One look at the API server: what the agent's watches hold once every kind
+/// has listed (`explain` in Kubernetes mode).
+pub fn snapshot(
+    k: &KubernetesConfig,
+    root_namespace: &str,
+    ctx: Context,
+    timeout: Duration,
+) -> Result<Cluster, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = client(k).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let (shared, mut rx) = start(
+            client,
+            k,
+            root_namespace.to_owned(),
+            ctx,
+            Metrics::new(),
+            &mut tasks,
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !shared
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .initial_lists_done()
+        {
+            tokio::select! {
+                _ = rx.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("the API server's lists were not complete within {timeout:?}"));
+                }
+            }
+        }
+        tasks.abort_all();
+        Ok(std::mem::take(
+            &mut *shared.cluster.lock().expect("cluster lock"),
+        ))
+    })
 }
 
 /// Starts every watch; changes arrive on the returned receiver.
