@@ -166,6 +166,14 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duratio
     None
 }
 
+/// Waits until the kernel has a workload entry for `cgroup`.
+fn wait_enforced(map: &PinnedMap, cgroup: &Path) {
+    wait_until(Duration::from_secs(5), || {
+        entry_flags(map, cgroup).is_some()
+    })
+    .unwrap_or_else(|| panic!("{} never enforced", cgroup.display()));
+}
+
 fn connect_ok(p: &Place, addr: &str) -> bool {
     p.connect(sa(addr)).ok
 }
@@ -201,10 +209,7 @@ fn a_pod_from_the_api_is_enforced_with_its_namespaces_view_and_leaves_nothing_wh
 
     // A pod of another namespace does not see it.
     let batch = node.add_pod(1, "other", "batch", json!({}));
-    wait_until(Duration::from_secs(5), || {
-        entry_flags(&map, &batch.cg.pod).is_some()
-    })
-    .expect("other pod enforced");
+    wait_enforced(&map, &batch.cg.pod);
     let r = batch.place.connect(sa(VIP));
     assert!(!r.ok, "the VIP is exported to shop only: {r:?}");
 
@@ -241,10 +246,7 @@ fn the_pods_entry_leaves_the_kernel_when_it_is_deleted() {
     let agent = node.agent("REGISTRY_ONLY", "", &[]);
     let map = node.workloads_map(&agent);
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || {
-        entry_flags(&map, &web.cg.pod).is_some()
-    })
-    .expect("enforced");
+    wait_enforced(&map, &web.cg.pod);
     // Deleted in the API while its cgroup is still there (the kubelet removes
     // it later): the entry goes with the event.
     node.api.delete("Pod", Some("shop"), "web");
@@ -260,10 +262,7 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
     let agent = node.agent("REGISTRY_ONLY", "", &[]);
     let map = node.workloads_map(&agent);
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || {
-        entry_flags(&map, &web.cg.pod).is_some()
-    })
-    .expect("enforced");
+    wait_enforced(&map, &web.cg.pod);
     assert!(!connect_ok(&web.place, VIP), "no entry yet");
 
     node.api.apply(stripe_se(&["198.18.0.11"]));
@@ -301,10 +300,7 @@ fn a_service_entry_created_edited_broken_and_deleted_through_the_api() {
         "{text}"
     );
     let batch = node.add_pod(1, "other", "batch", json!({}));
-    wait_until(Duration::from_secs(5), || {
-        entry_flags(&map, &batch.cg.pod).is_some()
-    })
-    .expect("enforced");
+    wait_enforced(&map, &batch.cg.pod);
     let text = explain("other/batch");
     assert!(text.contains("DENIED"), "{text}");
     assert!(!connect_ok(&batch.place, VIP));
@@ -362,10 +358,7 @@ fn labels_host_network_and_the_agents_own_pod_are_untouched() {
     );
 
     let web = node.add_pod(0, "shop", "web", json!({}));
-    wait_until(Duration::from_secs(5), || {
-        entry_flags(&map, &web.cg.pod).is_some()
-    })
-    .expect("enforced");
+    wait_enforced(&map, &web.cg.pod);
     assert_eq!(web.place.connect(sa(UNREGISTERED)).errno, EPERM);
 
     // The namespace opts out: untouched (known, not the unknown default).

@@ -52,6 +52,24 @@ fn ask(req: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The (type, payload) attributes of one message, from offset `at` (past its
+/// fixed header); a malformed one ends the walk.
+fn attributes(msg: &[u8], mut at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if at + 4 > msg.len() {
+            return None;
+        }
+        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()) as usize;
+        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
+        if alen < 4 || at + alen > msg.len() {
+            return None;
+        }
+        let data = &msg[at + 4..at + alen];
+        at += (alen + 3) & !3;
+        Some((aty, data))
+    })
+}
+
 /// Asks the kernel about interface `index`.
 pub fn link(index: u32) -> std::io::Result<Link> {
     let mut req = [0u8; 32];
@@ -83,14 +101,7 @@ fn parse_newlink(msg: &[u8], index: u32) -> std::io::Result<Link> {
         index,
         ..Link::default()
     };
-    let mut at = 32;
-    while at + 4 <= len {
-        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()) as usize;
-        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
-        if alen < 4 || at + alen > len {
-            break;
-        }
-        let data = &msg[at + 4..at + alen];
+    for (aty, data) in attributes(&msg[..len], 32) {
         match aty {
             IFLA_ADDRESS if data.len() == 6 => link.mac.copy_from_slice(data),
             IFLA_MASTER if data.len() == 4 => {
@@ -98,7 +109,6 @@ fn parse_newlink(msg: &[u8], index: u32) -> std::io::Result<Link> {
             }
             _ => {}
         }
-        at += (alen + 3) & !3;
     }
     Ok(link)
 }
@@ -145,20 +155,12 @@ pub fn direct_route_oif(ip: std::net::IpAddr) -> std::io::Result<Option<u32>> {
     }
     let len = (u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize).min(msg.len());
     let (mut oif, mut gateway) = (None, false);
-    let mut at = 28;
-    while at + 4 <= len {
-        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()) as usize;
-        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
-        if alen < 4 || at + alen > len {
-            break;
-        }
-        let data = &msg[at + 4..at + alen];
+    for (aty, data) in attributes(&msg[..len], 28) {
         match aty {
             RTA_OIF if data.len() == 4 => oif = Some(u32::from_ne_bytes(data.try_into().unwrap())),
             RTA_GATEWAY => gateway = true,
             _ => {}
         }
-        at += (alen + 3) & !3;
     }
     Ok(if gateway { None } else { oif })
 }
