@@ -5,6 +5,7 @@
 pub mod bpfsys;
 pub mod compile;
 pub mod loader;
+pub mod maglev;
 pub mod netlink;
 pub mod owner;
 pub mod preflight;
