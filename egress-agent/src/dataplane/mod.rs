@@ -7,6 +7,7 @@ pub mod compile;
 pub mod loader;
 pub mod maglev;
 pub mod netlink;
+pub mod outlier;
 pub mod owner;
 pub mod preflight;
 pub mod revoke;
